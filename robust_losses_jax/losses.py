@@ -1,0 +1,390 @@
+"""Per-example classification losses for training on noisy labels.
+
+Every loss is a pure function ``fn(logits, labels, **hparams) -> per_example_loss``:
+
+- ``logits``: float array ``[..., C]`` of any float dtype; the loss is computed in float32.
+- ``labels``: integer array ``[...]`` in ``[0, C)``: the *given* (possibly wrong) labels.
+- result: float32 array of shape ``labels.shape``. There is no reduction: the mean is taken once, in
+  the train step, so training, evaluation and detection share one function.
+
+Hyperparameters may be Python numbers or traced JAX values, so a schedule can change ``gamma`` or
+``tau`` inside a jitted train step without recompiling. Concrete values are checked against their
+domain (``ValueError`` naming the value and the allowed range); traced values cannot be checked.
+
+``p_t``, the softmax probability of the given label, is always ``exp(log p_t)`` with ``log p_t`` the
+negative of optax's integer-label cross-entropy (a stable logsumexp), never ``log(softmax)``: values
+and gradients stay finite for logits up to +-1e4 and for ``p_t`` that underflows to 0. Because
+``log p_t`` *is* optax's cross-entropy, ``power(gamma=0)``, ``cutoff(tau=0)`` and ``focal(gamma=0)``
+equal cross-entropy bit for bit.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+Array = jax.Array
+ArrayLike = jax.typing.ArrayLike
+LossFn = Callable[..., Array]
+
+# Published constants of the baselines.
+SCE_LABEL_CLAMP = 1e-4  # Wang et al. 2019: the one-hot is clamped to [1e-4, 1], A = log(1e-4).
+ANL_MIN_PROB = 1e-7  # Ye et al. 2023: probabilities are clamped to [1e-7, 1] inside NNCE.
+
+
+# --------------------------------------------------------------------------------------------------
+# Building blocks.
+# --------------------------------------------------------------------------------------------------
+
+
+def _as_float32(logits: ArrayLike) -> Array:
+    logits = jnp.asarray(logits)
+    if not jnp.issubdtype(logits.dtype, jnp.floating):
+        raise ValueError(f"logits must be a float array, got dtype {logits.dtype}.")
+    return logits.astype(jnp.float32)
+
+
+def log_p_t(logits: ArrayLike, labels: ArrayLike) -> Array:
+    """Log-probability of the given label, ``log softmax(logits)[label]``.
+
+    Args:
+      logits: ``[..., C]`` float.
+      labels: ``[...]`` int.
+
+    Returns:
+      ``[...]`` float32, always finite for finite logits (``<= 0``).
+    """
+    return -optax.losses.softmax_cross_entropy_with_integer_labels(_as_float32(logits), labels)
+
+
+def p_t(logits: ArrayLike, labels: ArrayLike) -> Array:
+    """Softmax probability of the given label, ``exp(log p_t)``: ``[...]`` float32 in ``[0, 1]``."""
+    return jnp.exp(log_p_t(logits, labels))
+
+
+def _one_minus_exp(log_p: Array) -> Array:
+    """``1 - exp(log_p)``, accurate when ``p`` is close to 1 (where ``1 - p`` would cancel)."""
+    return -jnp.expm1(log_p)
+
+
+def _safe_pow(base: Array, exponent: ArrayLike) -> Array:
+    """``base ** exponent`` for ``base >= 0`` with finite gradients at ``base == 0``.
+
+    ``jnp.power`` has gradient ``0 * inf = nan`` at 0 for ``exponent <= 1``. Here ``0 ** 0 = 1``,
+    ``0 ** e = 0`` for ``e > 0``, and the gradient at ``base == 0`` is 0 (the double-``where``
+    keeps the untaken branch's nan out of the gradient).
+    """
+    positive = base > 0
+    safe_base = jnp.where(positive, base, 1.0)
+    at_zero = jnp.where(jnp.asarray(exponent) == 0, 1.0, 0.0)
+    return jnp.where(positive, safe_base**exponent, at_zero)
+
+
+def _normalized_ce(log_probs: Array, log_pt: Array) -> Array:
+    """NCE (Ma et al. 2020): ``-log p_t / sum_k -log p_k``, in ``[0, 1]``."""
+    return log_pt / jnp.sum(log_probs, axis=-1)
+
+
+def _reverse_ce(log_pt: Array, label_clamp: ArrayLike) -> Array:
+    """RCE: ``-sum_k p_k log y_k`` with the one-hot ``y`` clamped to ``[label_clamp, 1]``.
+
+    ``log 1 = 0`` for the given class and ``log(label_clamp) = A`` for the others, so it is
+    ``-A * (1 - p_t)``. (The reference code also clamps ``p`` to ``[1e-7, 1]``; that changes the
+    value by at most ``C * 1e-7 * |A|`` and is left out.)
+    """
+    return -jnp.log(label_clamp) * _one_minus_exp(log_pt)
+
+
+def _log_softmax(logits: ArrayLike) -> Array:
+    return jax.nn.log_softmax(_as_float32(logits), axis=-1)
+
+
+def _take_label(values: Array, labels: ArrayLike) -> Array:
+    return jnp.take_along_axis(values, jnp.expand_dims(labels, -1), axis=-1)[..., 0]
+
+
+# --------------------------------------------------------------------------------------------------
+# The losses.
+# --------------------------------------------------------------------------------------------------
+
+
+def cross_entropy(logits: ArrayLike, labels: ArrayLike) -> Array:
+    """Cross-entropy ``-log p_t`` (optax's ``softmax_cross_entropy_with_integer_labels``).
+
+    Args:
+      logits: ``[..., C]``.
+      labels: ``[...]`` int.
+
+    Returns:
+      ``[...]`` float32.
+    """
+    return optax.losses.softmax_cross_entropy_with_integer_labels(_as_float32(logits), labels)
+
+
+def focal(logits: ArrayLike, labels: ArrayLike, *, gamma: ArrayLike = 2.0) -> Array:
+    """Softmax focal loss (Lin et al. 2017): ``-(1 - p_t)**gamma * log p_t``.
+
+    Up-weights hard examples; the gradient flows through the weight, as in the original.
+    ``gamma = 0`` is cross-entropy. ``[..., C], [...] -> [...]``.
+    """
+    _check_hparams("focal", gamma=gamma)
+    log_pt = log_p_t(logits, labels)
+    return -_safe_pow(_one_minus_exp(log_pt), gamma) * log_pt
+
+
+def power(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    gamma: ArrayLike = 2.0,
+    tau: ArrayLike = 0.0,
+    detach: bool = True,
+) -> Array:
+    """The paper's Blurry Loss: ``-sg(p_t)**gamma * log p_t``, zero where ``p_t < tau``.
+
+    De-weights hard (likely mislabelled) examples. With ``detach=True`` (default) the weight
+    ``p_t**gamma`` is a constant for the gradient, which is then exactly ``p_t**gamma`` times
+    cross-entropy's. ``detach=False`` differentiates the weight too; that loss vanishes both as
+    ``p_t -> 1`` and ``p_t -> 0``, so predicting one class is a global minimum and training can
+    collapse. ``tau > 0`` combines it with :func:`cutoff`. ``gamma = tau = 0`` is cross-entropy.
+
+    Note: the detached gradient equals that of :func:`gce` with ``q = gamma``.
+
+    Args:
+      logits: ``[..., C]``.
+      labels: ``[...]`` int.
+      gamma: exponent of the weight, ``>= 0``.
+      tau: cutoff on ``p_t`` in ``[0, 1)``; the mask has no gradient.
+      detach: stop the gradient through the weight ``p_t**gamma``.
+
+    Returns:
+      ``[...]`` float32.
+    """
+    _check_hparams("power", gamma=gamma, tau=tau)
+    log_pt = log_p_t(logits, labels)
+    # exp(gamma * log p_t) == p_t**gamma, finite with a finite gradient even where p_t underflows.
+    weight = jnp.exp(gamma * log_pt)
+    if detach:
+        weight = jax.lax.stop_gradient(weight)
+    keep = jax.lax.stop_gradient(jnp.exp(log_pt) >= tau)
+    return jnp.where(keep, -weight * log_pt, 0.0)
+
+
+def cutoff(logits: ArrayLike, labels: ArrayLike, *, tau: ArrayLike = 0.1) -> Array:
+    """The paper's Piecewise-zero Loss: ``-log p_t`` where ``p_t >= tau``, else 0.
+
+    Ignores examples the model finds too unlikely (loss and gradient are 0 below ``tau``).
+    ``tau = 0`` is cross-entropy. ``[..., C], [...] -> [...]``.
+    """
+    _check_hparams("cutoff", tau=tau)
+    log_pt = log_p_t(logits, labels)
+    keep = jax.lax.stop_gradient(jnp.exp(log_pt) >= tau)
+    return jnp.where(keep, -log_pt, 0.0)
+
+
+def gce(logits: ArrayLike, labels: ArrayLike, *, q: ArrayLike = 0.7) -> Array:
+    """Generalised cross-entropy (Zhang & Sabuncu 2018): ``(1 - p_t**q) / q``.
+
+    ``q -> 0`` tends to cross-entropy, ``q = 1`` is MAE. ``[..., C], [...] -> [...]``.
+    """
+    _check_hparams("gce", q=q)
+    return _one_minus_exp(q * log_p_t(logits, labels)) / q
+
+
+def sce(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    alpha: ArrayLike = 0.1,
+    beta: ArrayLike = 1.0,
+    label_clamp: ArrayLike = SCE_LABEL_CLAMP,
+) -> Array:
+    """Symmetric cross-entropy (Wang et al. 2019): ``alpha * CE + beta * RCE``.
+
+    RCE is ``-A (1 - p_t)`` with ``A = log(label_clamp)``. ``[..., C], [...] -> [...]``.
+    """
+    _check_hparams("sce", alpha=alpha, beta=beta, label_clamp=label_clamp)
+    log_pt = log_p_t(logits, labels)
+    return alpha * -log_pt + beta * _reverse_ce(log_pt, label_clamp)
+
+
+def mae(logits: ArrayLike, labels: ArrayLike) -> Array:
+    """Mean absolute error on the probabilities (Ghosh et al. 2017), as in APL: ``1 - p_t``."""
+    return _one_minus_exp(log_p_t(logits, labels))
+
+
+def nce_rce(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    alpha: ArrayLike = 1.0,
+    beta: ArrayLike = 1.0,
+    label_clamp: ArrayLike = SCE_LABEL_CLAMP,
+) -> Array:
+    """Active-passive loss NCE+RCE (Ma et al. 2020): ``alpha * NCE + beta * RCE``.
+
+    NCE is ``-log p_t / sum_k -log p_k``; RCE as in :func:`sce`. ``[..., C], [...] -> [...]``.
+    """
+    _check_hparams("nce_rce", alpha=alpha, beta=beta, label_clamp=label_clamp)
+    log_probs = _log_softmax(logits)
+    log_pt = _take_label(log_probs, labels)
+    return alpha * _normalized_ce(log_probs, log_pt) + beta * _reverse_ce(log_pt, label_clamp)
+
+
+def nce_mae(
+    logits: ArrayLike, labels: ArrayLike, *, alpha: ArrayLike = 1.0, beta: ArrayLike = 1.0
+) -> Array:
+    """Active-passive loss NCE+MAE (Ma et al. 2020): ``alpha * NCE + beta * (1 - p_t)``."""
+    _check_hparams("nce_mae", alpha=alpha, beta=beta)
+    log_probs = _log_softmax(logits)
+    log_pt = _take_label(log_probs, labels)
+    return alpha * _normalized_ce(log_probs, log_pt) + beta * _one_minus_exp(log_pt)
+
+
+def anl_ce(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    alpha: ArrayLike = 5.0,
+    beta: ArrayLike = 5.0,
+    min_prob: ArrayLike = ANL_MIN_PROB,
+) -> Array:
+    """Active negative loss ANL-CE (Ye et al. 2023): ``alpha * NCE + beta * NNCE``.
+
+    NNCE, the normalised negative cross-entropy, is ``1 - z_t / sum_k z_k`` with
+    ``z_k = A + log max(p_k, min_prob)`` and ``A = -log(min_prob)``. The paper's L1 penalty on the
+    weights belongs to the train step, not here. ``[..., C], [...] -> [...]``.
+    """
+    _check_hparams("anl_ce", alpha=alpha, beta=beta, min_prob=min_prob)
+    log_probs = _log_softmax(logits)
+    log_pt = _take_label(log_probs, labels)
+    log_min_prob = jnp.log(min_prob)
+    shifted = jnp.maximum(log_probs, log_min_prob) - log_min_prob  # in [0, A]
+    nnce = 1.0 - _take_label(shifted, labels) / jnp.sum(shifted, axis=-1)
+    return alpha * _normalized_ce(log_probs, log_pt) + beta * nnce
+
+
+def poly1(logits: ArrayLike, labels: ArrayLike, *, epsilon: ArrayLike = 2.0) -> Array:
+    """Poly-1 loss (Leng et al. 2022): ``-log p_t + epsilon * (1 - p_t)``.
+
+    The same loss as optax's ``poly_loss_cross_entropy`` (a test checks it), computed from
+    ``log p_t`` like the others rather than from a full softmax and one-hot labels, which makes it
+    about as cheap as cross-entropy. ``[..., C], [...] -> [...]``.
+    """
+    _check_hparams("poly1", epsilon=epsilon)
+    log_pt = log_p_t(logits, labels)
+    return -log_pt + epsilon * _one_minus_exp(log_pt)
+
+
+# --------------------------------------------------------------------------------------------------
+# Hyperparameter domains and the registry.
+# --------------------------------------------------------------------------------------------------
+
+# name -> (lowest, highest, lowest included, highest included, human-readable range).
+_DOMAINS: dict[str, tuple[float, float, bool, bool, str]] = {
+    "gamma": (0.0, math.inf, True, False, "gamma >= 0"),
+    "tau": (0.0, 1.0, True, False, "0 <= tau < 1"),
+    "q": (0.0, 1.0, False, True, "0 < q <= 1"),
+    "alpha": (0.0, math.inf, True, False, "alpha >= 0"),
+    "beta": (0.0, math.inf, True, False, "beta >= 0"),
+    "label_clamp": (0.0, 1.0, False, False, "0 < label_clamp < 1"),
+    "min_prob": (0.0, 1.0, False, False, "0 < min_prob < 1"),
+    "epsilon": (-1.0, math.inf, True, False, "epsilon >= -1 (keeps the loss non-negative)"),
+}
+
+
+def _concrete_values(value: Any) -> np.ndarray | None:
+    """The value as a NumPy array, or None when it is traced (and cannot be checked here)."""
+    if isinstance(value, jax.core.Tracer):
+        return None
+    return np.asarray(value, dtype=np.float64)
+
+
+def _check_hparams(loss_name: str, **hparams: Any) -> None:
+    """Raise ValueError for a concrete hyperparameter (scalar or stacked) outside its domain."""
+    for name, value in hparams.items():
+        values = _concrete_values(value)
+        if values is None or values.size == 0:
+            continue
+        low, high, low_ok, high_ok, allowed = _DOMAINS[name]
+        above_low = (values > low) | (low_ok & (values == low))
+        below_high = (values < high) | (high_ok & (values == high))
+        if not np.all(above_low & below_high):  # NaN fails both comparisons.
+            raise ValueError(
+                f"{loss_name}: {name}={value!r} is outside its domain; allowed: {allowed}."
+            )
+
+
+_LOSSES: dict[str, LossFn] = {
+    "cross_entropy": cross_entropy,
+    "focal": focal,
+    "power": power,
+    "cutoff": cutoff,
+    "gce": gce,
+    "sce": sce,
+    "mae": mae,
+    "nce_rce": nce_rce,
+    "nce_mae": nce_mae,
+    "anl_ce": anl_ce,
+    "poly1": poly1,
+}
+_ALIASES: dict[str, str] = {"ce": "cross_entropy", "blurry": "power", "piecewise_zero": "cutoff"}
+
+# Hyperparameters each loss takes, with their defaults (read off the signatures once).
+_HPARAMS: dict[str, dict[str, Any]] = {
+    name: dict(fn.__kwdefaults__ or {}) for name, fn in _LOSSES.items()
+}
+
+
+def available_losses() -> tuple[str, ...]:
+    """Every name :func:`get_loss` accepts, aliases included, sorted."""
+    return tuple(sorted([*_LOSSES, *_ALIASES]))
+
+
+def canonical_name(name: str) -> str:
+    """The registry name behind ``name`` (``'ce'`` gives ``'cross_entropy'``); else ValueError."""
+    name = _ALIASES.get(name, name)
+    if name not in _LOSSES:
+        raise ValueError(f"Unknown loss {name!r}; available: {', '.join(available_losses())}.")
+    return name
+
+
+def loss_hparams(name: str) -> Mapping[str, Any]:
+    """The hyperparameters of loss ``name`` with their default values."""
+    return dict(_HPARAMS[canonical_name(name)])
+
+
+def get_loss(name: str, **hparams: Any) -> LossFn:
+    """Look up a loss by name and bind its hyperparameters.
+
+    Args:
+      name: one of :func:`available_losses`.
+      **hparams: hyperparameters of that loss (see :func:`loss_hparams`), checked against their
+        domains.
+
+    Returns:
+      ``fn(logits, labels, **overrides) -> per_example_loss``; keyword overrides (e.g. a traced
+      ``gamma`` from a schedule) replace the bound values.
+
+    Raises:
+      ValueError: unknown loss, a hyperparameter the loss does not take, or a value outside its
+        domain.
+    """
+    canonical = canonical_name(name)
+    allowed = _HPARAMS[canonical]
+    unknown = sorted(set(hparams) - set(allowed))
+    if unknown:
+        takes = ", ".join(allowed) if allowed else "no hyperparameters"
+        raise ValueError(f"Loss {name!r} does not take {', '.join(unknown)}; it takes: {takes}.")
+    if "detach" in hparams and not isinstance(hparams["detach"], bool):
+        raise ValueError(f"power: detach={hparams['detach']!r} must be True or False.")
+    _check_hparams(canonical, **{k: v for k, v in hparams.items() if k != "detach"})
+    fn = _LOSSES[canonical]
+    return functools.partial(fn, **hparams) if hparams else fn

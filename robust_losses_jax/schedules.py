@@ -1,0 +1,120 @@
+"""Schedules of the loss over training, as pure functions of the step.
+
+The paper's ``delay``: plain cross-entropy for the first ``delay`` epochs, then the robust loss.
+From random weights, power (gamma=2) and cutoff (tau >= 0.1) fall into a degenerate solution
+without it (``../shared/README.md``, reference run). An optional linear ``ramp`` then raises
+``gamma``/``tau`` from 0 (where power and cutoff *are* cross-entropy) to their targets.
+
+Everything here is traceable: the step is a traced value inside the jitted train step, and the loss
+hyperparameters it produces are traced too, so switching from CE to the robust loss compiles once.
+Durations are in steps; ``train.py`` turns epochs into steps once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+
+from robust_losses_jax import losses
+
+Array = jax.Array
+ScheduleFn = Callable[[jax.typing.ArrayLike], dict[str, Array]]
+
+# Hyperparameters whose value 0 turns the loss into cross-entropy, so a ramp can start there.
+RAMPABLE = ("gamma", "tau")
+
+
+def epochs_to_steps(epochs: float, steps_per_epoch: int) -> int:
+    """``round(epochs * steps_per_epoch)``; ValueError for epochs < 0 or steps_per_epoch < 1."""
+    if epochs < 0:
+        raise ValueError(f"epochs={epochs!r} must be >= 0.")
+    if steps_per_epoch < 1:
+        raise ValueError(f"steps_per_epoch={steps_per_epoch!r} must be >= 1.")
+    return round(epochs * steps_per_epoch)
+
+
+def delay_active(step: jax.typing.ArrayLike, delay_steps: int) -> Array:
+    """True once the robust loss is on: ``step >= delay_steps``; bool of ``step``'s shape."""
+    return jnp.asarray(step) >= delay_steps
+
+
+def linear_ramp(
+    step: jax.typing.ArrayLike, *, start_step: int, ramp_steps: int, end_value: float
+) -> Array:
+    """0 up to ``start_step``, then linearly up to ``end_value`` at ``start_step + ramp_steps``.
+
+    ``ramp_steps == 0`` jumps to ``end_value`` at ``start_step``. float32 of ``step``'s shape.
+    """
+    step = jnp.asarray(step, jnp.float32)
+    if ramp_steps == 0:
+        fraction = (step >= start_step).astype(jnp.float32)
+    else:
+        fraction = jnp.clip((step - start_step) / ramp_steps, 0.0, 1.0)
+    return fraction * jnp.float32(end_value)
+
+
+def loss_schedule(
+    *, delay_steps: int = 0, ramp_steps: int = 0, targets: Mapping[str, float] | None = None
+) -> ScheduleFn:
+    """Schedule ``step -> {'robust': bool, **hparams}`` for the delay and the optional ramp.
+
+    Args:
+      delay_steps: steps of plain cross-entropy before the robust loss is switched on.
+      ramp_steps: steps over which each ramped hyperparameter rises from 0 to its target, starting
+        when the delay ends; 0 means no ramp.
+      targets: final values of the ramped hyperparameters, keys among ``RAMPABLE``. Without a ramp
+        they are returned unchanged at every step.
+
+    Returns:
+      A pure function of the (possibly traced) step.
+    """
+    targets = dict(targets or {})
+    if not isinstance(delay_steps, int) or delay_steps < 0:
+        raise ValueError(f"delay_steps={delay_steps!r} must be an integer >= 0.")
+    if not isinstance(ramp_steps, int) or ramp_steps < 0:
+        raise ValueError(f"ramp_steps={ramp_steps!r} must be an integer >= 0.")
+    if ramp_steps:
+        not_rampable = sorted(set(targets) - set(RAMPABLE))
+        if not_rampable:
+            raise ValueError(
+                f"Cannot ramp {', '.join(not_rampable)}; only {', '.join(RAMPABLE)} can be ramped "
+                "(their value 0 is cross-entropy)."
+            )
+
+    def schedule(step: jax.typing.ArrayLike) -> dict[str, Array]:
+        hparams = {"robust": delay_active(step, delay_steps)}
+        for name, target in targets.items():
+            if ramp_steps:
+                hparams[name] = linear_ramp(
+                    step, start_step=delay_steps, ramp_steps=ramp_steps, end_value=target
+                )
+            else:
+                hparams[name] = jnp.asarray(target, jnp.float32)
+        return hparams
+
+    return schedule
+
+
+def scheduled_loss(loss_fn: losses.LossFn, schedule: ScheduleFn) -> Callable[..., Array]:
+    """The loss at a given step: cross-entropy during the delay, then ``loss_fn`` with scheduled
+    hyperparameters.
+
+    Args:
+      loss_fn: a loss from :func:`losses.get_loss`.
+      schedule: from :func:`loss_schedule`.
+
+    Returns:
+      ``fn(logits [..., C], labels [...], step) -> [...]`` float32, traceable in ``step``.
+    """
+
+    def fn(logits: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, step) -> Array:
+        hparams = schedule(step)
+        robust = hparams.pop("robust")
+        # Both branches are finite, so `where` keeps the gradient of the selected one only.
+        return jnp.where(
+            robust, loss_fn(logits, labels, **hparams), losses.cross_entropy(logits, labels)
+        )
+
+    return fn

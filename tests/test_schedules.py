@@ -1,0 +1,118 @@
+"""Tests for robust_losses_jax.schedules: delay, ramp, scheduled loss under jit."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from robust_losses_jax import losses, schedules
+
+
+def _logits(seed=0, shape=(32, 10)):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=shape).astype(np.float32) * 3, rng.integers(0, shape[-1], shape[:-1])
+
+
+def test_delay_switches_at_the_delay_step():
+    steps = jnp.arange(10)
+    np.testing.assert_array_equal(schedules.delay_active(steps, 4), np.arange(10) >= 4)
+    assert bool(schedules.delay_active(0, 0))
+
+
+def test_linear_ramp_values():
+    steps = jnp.array([0, 5, 10, 15, 20, 25, 100])
+    got = schedules.linear_ramp(steps, start_step=10, ramp_steps=10, end_value=2.0)
+    np.testing.assert_allclose(got, [0.0, 0.0, 0.0, 1.0, 2.0, 2.0, 2.0])
+    jump = schedules.linear_ramp(steps, start_step=10, ramp_steps=0, end_value=0.3)
+    np.testing.assert_allclose(jump, [0, 0, 0.3, 0.3, 0.3, 0.3, 0.3])
+
+
+def test_schedule_without_ramp_keeps_targets():
+    schedule = schedules.loss_schedule(delay_steps=3, targets={"gamma": 2.0, "tau": 0.1})
+    early, late = schedule(1), schedule(3)
+    assert not bool(early["robust"]) and bool(late["robust"])
+    assert float(early["gamma"]) == float(late["gamma"]) == 2.0
+    np.testing.assert_allclose(late["tau"], 0.1)
+
+
+@pytest.mark.parametrize(
+    "name,targets",
+    [
+        ("power", {"gamma": 2.0}),
+        ("cutoff", {"tau": 0.2}),
+        ("gce", {"q": 0.5}),
+        ("focal", {"gamma": 1.0}),
+    ],
+)
+def test_scheduled_loss_is_ce_during_delay_then_robust(name, targets):
+    delay = 5
+    fn = schedules.scheduled_loss(
+        losses.get_loss(name), schedules.loss_schedule(delay_steps=delay, targets=targets)
+    )
+    logits, labels = _logits()
+    ce = losses.cross_entropy(logits, labels)
+    robust = losses.get_loss(name, **targets)(logits, labels)
+    for step in (0, delay - 1):
+        np.testing.assert_array_equal(fn(logits, labels, step), ce)
+        grad = jax.grad(lambda x, s=step: fn(x, labels, s).sum())(logits)
+        grad_ce = jax.grad(lambda x: losses.cross_entropy(x, labels).sum())(logits)
+        np.testing.assert_array_equal(grad, grad_ce)
+    for step in (delay, delay + 100):
+        np.testing.assert_allclose(fn(logits, labels, step), robust, rtol=1e-6)
+    assert not np.allclose(ce, robust)
+
+
+def test_ramp_moves_power_from_ce_to_target():
+    fn = schedules.scheduled_loss(
+        losses.get_loss("power"),
+        schedules.loss_schedule(delay_steps=2, ramp_steps=4, targets={"gamma": 2.0}),
+    )
+    logits, labels = _logits(1)
+    ce = losses.cross_entropy(logits, labels)
+    np.testing.assert_array_equal(fn(logits, labels, 2), ce)  # Ramp starts at gamma = 0.
+    np.testing.assert_allclose(
+        fn(logits, labels, 4), losses.power(logits, labels, gamma=1.0), rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        fn(logits, labels, 9), losses.power(logits, labels, gamma=2.0), rtol=1e-6
+    )
+
+
+def test_step_is_traced_and_compiles_once():
+    fn = schedules.scheduled_loss(
+        losses.get_loss("cutoff"),
+        schedules.loss_schedule(delay_steps=3, ramp_steps=3, targets={"tau": 0.3}),
+    )
+    logits, labels = _logits(2)
+    chex.clear_trace_counter()
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def mean_loss(logits, step):
+        return fn(logits, labels, step).mean()
+
+    values = [float(mean_loss(logits, jnp.int32(step))) for step in range(8)]
+    assert values[0] == values[2] > values[-1]  # CE during the delay, then fewer kept examples.
+    assert mean_loss._cache_size() == 1
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [({"delay_steps": -1}, r"delay_steps=-1 must be an integer >= 0"),
+     ({"delay_steps": 1.5}, r"delay_steps=1.5 must be an integer >= 0"),
+     ({"ramp_steps": -2}, r"ramp_steps=-2 must be an integer >= 0"),
+     ({"ramp_steps": 3, "targets": {"q": 0.7}}, r"Cannot ramp q; only gamma, tau can be ramped")],
+)  # fmt: skip
+def test_bad_schedule_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        schedules.loss_schedule(**kwargs)
+
+
+def test_epochs_to_steps():
+    assert schedules.epochs_to_steps(2, 100) == 200
+    assert schedules.epochs_to_steps(0.5, 7) == 4
+    with pytest.raises(ValueError, match=r"epochs=-1 must be >= 0"):
+        schedules.epochs_to_steps(-1, 10)
+    with pytest.raises(ValueError, match=r"steps_per_epoch=0 must be >= 1"):
+        schedules.epochs_to_steps(1, 0)
