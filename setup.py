@@ -28,6 +28,8 @@ setup(
         "absl-py",
         "tqdm",
         "matplotlib",
+        "importlib_resources",  # tfds needs it to prepare datasets.
+        "scikit-learn",  # sklearn_digits, a tiny offline dataset.
     ],
     extras_require={
         "test": ["pytest", "pytest-xdist", "hypothesis", "ruff", "cleanlab>=2.6", "scikit-learn"],

@@ -1,0 +1,127 @@
+"""The configuration of one run: a frozen dataclass, validated before any work starts."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from robust_losses_jax import losses
+
+# Losses that de-weight or drop examples from the start, and so collapse from random weights
+# without a few epochs of cross-entropy first (../shared/README.md, reference runs).
+DELAYED_BY_DEFAULT = ("power", "cutoff")
+DEFAULT_DELAY_EPOCHS = 2
+NOISE_KINDS = ("symmetric", "asymmetric", "transition")
+DTYPES = ("float32", "bfloat16")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Everything that decides a run's result (so it is written to ``config.json``)."""
+
+    dataset: str = "fashion_mnist"
+    model: str = "small_cnn"
+    loss: str = "cross_entropy"
+    # Hyperparameters of the loss (defaults of losses.get_loss where absent).
+    loss_hparams: dict[str, float] = dataclasses.field(default_factory=dict)
+    detach: bool = True
+    # Epochs of cross-entropy before the robust loss; None: 2 for power/cutoff, else 0.
+    delay_epochs: int | None = None
+    ramp_epochs: int = 0
+    noise_rate: float = 0.2
+    noise_kind: str = "symmetric"
+    transition: tuple[tuple[float, ...], ...] | None = None
+    epochs: int = 20
+    batch_size: int = 128
+    eval_batch_size: int = 1000
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    lr_schedule: str = "constant"
+    warmup_epochs: int = 0
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    l1_weight: float = 0.0
+    seed: int = 0
+    # First N examples of the split in canonical order (corruption is decided on the whole split).
+    train_size: int | None = 10_000
+    test_size: int | None = None
+    augment: bool | None = None  # None: on for CIFAR.
+    dtype: str = "float32"
+    parallel: str = "pmap"
+    pt_threshold: float = 0.5
+
+    @property
+    def resolved_delay_epochs(self) -> int:
+        if self.delay_epochs is not None:
+            return self.delay_epochs
+        robust = losses.canonical_name(self.loss) in DELAYED_BY_DEFAULT
+        return DEFAULT_DELAY_EPOCHS if robust else 0
+
+    def to_json(self) -> dict[str, Any]:
+        """The config with defaults resolved, as written to ``config.json``."""
+        out = dataclasses.asdict(self)
+        out["delay_epochs"] = self.resolved_delay_epochs
+        out["loss"] = losses.canonical_name(self.loss)
+        out["loss_hparams"] = {**losses.loss_hparams(self.loss), **self.loss_hparams}
+        out["loss_hparams"].pop("detach", None)
+        return json.loads(json.dumps(out))
+
+
+def validate(config: Config, *, num_devices: int) -> None:
+    """Raise ValueError (one clear line) for any setting outside what is allowed."""
+    from robust_losses_jax import models, train
+
+    losses.get_loss(config.loss, **config.loss_hparams)  # Unknown loss / bad hyperparameters.
+    if config.model not in models.available_models():
+        raise ValueError(
+            f"Unknown model {config.model!r}; choose from {', '.join(models.available_models())}."
+        )
+    if config.optimizer not in train.OPTIMIZERS:
+        raise ValueError(
+            f"Unknown optimizer {config.optimizer!r}; choose from {', '.join(train.OPTIMIZERS)}."
+        )
+    if config.lr_schedule not in train.LR_SCHEDULES:
+        raise ValueError(
+            f"Unknown lr schedule {config.lr_schedule!r}; "
+            f"choose from {', '.join(train.LR_SCHEDULES)}."
+        )
+    if config.parallel not in train.PARALLEL_MODES:
+        raise ValueError(
+            f"Unknown parallel mode {config.parallel!r}; "
+            f"choose from {', '.join(train.PARALLEL_MODES)}."
+        )
+    if config.noise_kind not in NOISE_KINDS:
+        raise ValueError(
+            f"Unknown noise kind {config.noise_kind!r}; choose from {', '.join(NOISE_KINDS)}."
+        )
+    if config.dtype not in DTYPES:
+        raise ValueError(f"Unknown dtype {config.dtype!r}; choose from {', '.join(DTYPES)}.")
+    checks = [
+        (0.0 <= config.noise_rate < 1.0, f"noise rate {config.noise_rate} must be in [0, 1)"),
+        (config.epochs >= 1, f"epochs {config.epochs} must be >= 1"),
+        (config.lr > 0, f"learning rate {config.lr} must be > 0"),
+        (config.resolved_delay_epochs >= 0, f"delay {config.delay_epochs} must be >= 0"),
+        (config.ramp_epochs >= 0, f"ramp {config.ramp_epochs} must be >= 0"),
+        (config.weight_decay >= 0, f"weight decay {config.weight_decay} must be >= 0"),
+        (config.l1_weight >= 0, f"l1 weight {config.l1_weight} must be >= 0"),
+        (0.0 < config.pt_threshold < 1.0, f"p_t threshold {config.pt_threshold} must be in (0, 1)"),
+        (config.train_size is None or config.train_size >= 1,
+         f"train size {config.train_size} must be >= 1"),
+        (config.test_size is None or config.test_size >= 1,
+         f"test size {config.test_size} must be >= 1"),
+        (config.noise_kind != "transition" or config.transition is not None,
+         "noise kind 'transition' needs a transition matrix"),
+    ]  # fmt: skip
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message + ".")
+    for name, size in (
+        ("batch size", config.batch_size),
+        ("eval batch size", config.eval_batch_size),
+    ):
+        if size < 1 or size % num_devices:
+            raise ValueError(
+                f"{name} {size} is not a positive multiple of the device count {num_devices}."
+            )

@@ -1,0 +1,408 @@
+"""Training on noisy labels: train state, the data-parallel train step, the evaluation pass.
+
+The train step is written once, as a pure per-device function
+``train_step(state, batch, loss_hparams) -> (state, metrics)`` that averages gradients and
+BatchNorm statistics over the ``'data'`` axis. :func:`parallelize` runs it with ``jax.pmap``
+(default) or, unchanged, with ``jax.shard_map`` over a 1-D ``('data',)`` mesh.
+
+Loss hyperparameters (``gamma``, ``tau``, ...) arrive as traced values and the delay/ramp
+schedule is evaluated on the traced ``state.step``, so switching from cross-entropy to the robust
+loss compiles once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax.training import train_state
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from robust_losses_jax import input_pipeline, losses, schedules
+
+Array = jax.Array
+AXIS = "data"
+LOW_WEIGHT = 0.01  # An example counts as "switched off" when its gradient weight is below this.
+
+
+class TrainState(train_state.TrainState):
+    """Flax TrainState with BatchNorm statistics (an empty dict for models without BatchNorm)."""
+
+    batch_stats: Any = None
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    """Static settings of the train step (hashable; changing one recompiles).
+
+    Attributes:
+      loss_name: a name from :func:`losses.available_losses`.
+      delay_steps: steps of cross-entropy before the robust loss.
+      ramp_steps: steps over which ``gamma``/``tau`` rise from 0 after the delay.
+      steps_per_epoch: to turn the step into the epoch (augmentation keys).
+      augment: CIFAR augmentation (random crop, flip).
+      l1_weight: L1 penalty on the parameters (ANL's regulariser), 0 for none.
+      detach: power's weight detached (a Python bool: it changes the program).
+    """
+
+    loss_name: str = "cross_entropy"
+    delay_steps: int = 0
+    ramp_steps: int = 0
+    steps_per_epoch: int = 1
+    augment: bool = False
+    l1_weight: float = 0.0
+    detach: bool = True
+
+
+# --------------------------------------------------------------------------------------------------
+# Optimisers and state.
+# --------------------------------------------------------------------------------------------------
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+LR_SCHEDULES = ("constant", "cosine", "step")
+
+
+def make_optimizer(
+    name: str,
+    learning_rate: float,
+    *,
+    total_steps: int,
+    schedule: str = "constant",
+    warmup_steps: int = 0,
+    momentum: float = 0.9,
+    nesterov: bool = False,
+    weight_decay: float = 0.0,
+    step_boundaries: tuple[float, ...] = (0.5, 0.75),
+    step_factor: float = 0.1,
+) -> optax.GradientTransformation:
+    """An optax optimiser with a learning-rate schedule.
+
+    Args:
+      name: ``sgd`` (momentum, optional Nesterov), ``adam`` or ``adamw``.
+      learning_rate: peak learning rate.
+      total_steps: length of training, for the cosine and step schedules.
+      schedule: ``constant``, ``cosine`` (to 0) or ``step`` (times ``step_factor`` at each
+        fraction of training in ``step_boundaries``).
+      warmup_steps: linear warm-up from 0.
+      weight_decay: decoupled for ``adamw``; added to the gradient (L2) for ``sgd``/``adam``.
+    """
+    if name not in OPTIMIZERS:
+        raise ValueError(f"Unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)}.")
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(
+            f"Unknown lr schedule {schedule!r}; choose from {', '.join(LR_SCHEDULES)}."
+        )
+    if not learning_rate > 0:
+        raise ValueError(f"learning rate {learning_rate!r} must be > 0.")
+    decay_steps = max(total_steps - warmup_steps, 1)
+    if schedule == "cosine":
+        lr = optax.cosine_decay_schedule(learning_rate, decay_steps)
+    elif schedule == "step":
+        boundaries = {int(b * total_steps) - warmup_steps: step_factor for b in step_boundaries}
+        lr = optax.piecewise_constant_schedule(learning_rate, boundaries)
+    else:
+        lr = optax.constant_schedule(learning_rate)
+    if warmup_steps:
+        warmup = optax.linear_schedule(0.0, learning_rate, warmup_steps)
+        lr = optax.join_schedules([warmup, lr], [warmup_steps])
+    if name == "adamw":
+        return optax.adamw(lr, weight_decay=weight_decay)
+    base = optax.sgd(lr, momentum=momentum, nesterov=nesterov) if name == "sgd" else optax.adam(lr)
+    if weight_decay:
+        return optax.chain(optax.add_decayed_weights(weight_decay), base)
+    return base
+
+
+def create_train_state(
+    key: Array, model: nn.Module, image_shape: tuple[int, ...], tx: optax.GradientTransformation
+) -> TrainState:
+    """Initialise the model on one example of ``image_shape`` (``[H, W, C]``)."""
+    variables = model.init(
+        {"params": key, "dropout": key}, jnp.zeros((1, *image_shape)), train=False
+    )
+    state = TrainState.create(
+        apply_fn=model.apply,
+        params=variables["params"],
+        tx=tx,
+        batch_stats=variables.get("batch_stats", {}),
+    )
+    # An int32 array, not Python's 0, so the first step compiles the same program as the rest.
+    return state.replace(step=jnp.zeros((), jnp.int32))
+
+
+# --------------------------------------------------------------------------------------------------
+# The per-device train step.
+# --------------------------------------------------------------------------------------------------
+
+
+def gradient_weight(
+    loss_name: str, logits: Array, labels: Array, hparams: Mapping[str, Array]
+) -> Array:
+    """The factor by which a loss scales cross-entropy's gradient for each example, ``[B]``.
+
+    power: ``p_t**gamma`` (0 below ``tau``); cutoff: ``[p_t >= tau]``; focal: ``(1-p_t)**gamma``
+    (its weight's own gradient aside); gce: ``p_t**q``; others: 1 (reported, not meaningful).
+    """
+    pt = losses.p_t(logits, labels)
+    name = losses.canonical_name(loss_name)
+    if name == "power":
+        weight = pt ** hparams.get("gamma", 2.0)
+        return jnp.where(pt >= hparams.get("tau", 0.0), weight, 0.0)
+    if name == "cutoff":
+        return (pt >= hparams.get("tau", 0.1)).astype(jnp.float32)
+    if name == "focal":
+        return (1.0 - pt) ** hparams.get("gamma", 2.0)
+    if name == "gce":
+        return pt ** hparams.get("q", 0.7)
+    return jnp.ones_like(pt)
+
+
+def _loss_at_step(config: StepConfig, step: Array, hparams: Mapping[str, Array]):
+    """``(fn(logits, labels) -> [B], robust, hparams_now)`` for the schedule at ``step``."""
+    targets = dict(hparams)
+    ramped = {k: targets[k] for k in schedules.RAMPABLE if k in targets}
+    schedule = schedules.loss_schedule(
+        delay_steps=config.delay_steps,
+        ramp_steps=config.ramp_steps if ramped else 0,
+        targets=ramped,
+    )
+    now = schedule(step)
+    robust = now.pop("robust")
+    targets.update(now)
+    extra = {"detach": config.detach} if losses.canonical_name(config.loss_name) == "power" else {}
+    robust_fn = losses.get_loss(config.loss_name, **extra)
+
+    def fn(logits, labels):
+        return jnp.where(
+            robust, robust_fn(logits, labels, **targets), losses.cross_entropy(logits, labels)
+        )
+
+    return fn, robust, targets
+
+
+def train_step(
+    state: TrainState,
+    batch: Mapping[str, Array],
+    loss_hparams: Mapping[str, Array],
+    *,
+    config: StepConfig,
+    key: Array,
+    mean: Array,
+    std: Array,
+    axis_name: str = AXIS,
+) -> tuple[TrainState, dict[str, Array]]:
+    """One step on one device's part of the batch; pure, collective over ``axis_name``.
+
+    Args:
+      state: replicated train state.
+      batch: this device's ``image`` uint8 ``[b, H, W, C]``, ``label`` int ``[b]`` (the labels
+        trained on), ``index`` int ``[b]``.
+      loss_hparams: the robust loss's target hyperparameters (traced scalars).
+      config: static settings.
+      key: base PRNG key of the run (augmentation, dropout).
+      mean, std: per-channel normalisation ``[C]``.
+
+    Returns:
+      The new state and summed metrics over all devices: ``loss_sum``, ``correct`` (argmax ==
+      label trained on), ``low_weight`` (gradient weight below 0.01), ``count``, and ``finite``
+      (1 when loss and gradients were finite; the update is then applied, else skipped).
+    """
+    epoch = state.step // config.steps_per_epoch
+    images = input_pipeline.preprocess(
+        batch["image"], batch["index"], key=jax.random.fold_in(key, 1), epoch=epoch,
+        mean=mean, std=std, augment=config.augment,
+    )  # fmt: skip
+    # Dropout differs per device and step (masks, unlike augmentation, depend on the device count).
+    dropout_key = jax.random.fold_in(
+        jax.random.fold_in(jax.random.fold_in(key, 2), state.step), jax.lax.axis_index(axis_name)
+    )
+    loss_fn, robust, hparams_now = _loss_at_step(config, state.step, loss_hparams)
+    labels = batch["label"]
+    has_bn = bool(jax.tree.leaves(state.batch_stats))
+
+    def objective(params):
+        variables = {"params": params}
+        if has_bn:
+            variables["batch_stats"] = state.batch_stats
+            logits, updates = state.apply_fn(
+                variables, images, train=True, rngs={"dropout": dropout_key},
+                mutable=["batch_stats"],
+            )  # fmt: skip
+        else:
+            logits = state.apply_fn(variables, images, train=True, rngs={"dropout": dropout_key})
+            updates = {}
+        per_example = loss_fn(logits, labels)
+        loss = jnp.mean(per_example)
+        if config.l1_weight:
+            loss = loss + config.l1_weight * sum(jnp.abs(p).sum() for p in jax.tree.leaves(params))
+        return loss, (logits, per_example, updates)
+
+    grads, (logits, per_example, updates) = jax.grad(objective, has_aux=True)(state.params)
+    grads = jax.lax.pmean(grads, axis_name)
+    finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+    finite = finite & jnp.all(jnp.isfinite(per_example))
+    finite = jax.lax.pmin(finite.astype(jnp.int32), axis_name)
+    new_state = state.apply_gradients(grads=grads)
+    if has_bn:
+        new_state = new_state.replace(batch_stats=updates["batch_stats"])  # pmean'd by BatchNorm.
+    # A non-finite step is not applied: the run stops on the host with the last good state.
+    new_state = jax.tree.map(lambda new, old: jnp.where(finite > 0, new, old), new_state, state)
+
+    weight = jnp.where(
+        robust,
+        gradient_weight(config.loss_name, logits, labels, hparams_now),
+        1.0,
+    )
+    metrics = {
+        "loss_sum": jnp.sum(per_example),
+        "correct": jnp.sum(jnp.argmax(logits, -1) == labels),
+        "low_weight": jnp.sum(weight < LOW_WEIGHT),
+        "count": jnp.asarray(labels.shape[0]),
+    }
+    metrics = jax.lax.psum(metrics, axis_name)
+    metrics["finite"] = finite
+    return new_state, metrics
+
+
+def eval_step(
+    state: TrainState,
+    batch: Mapping[str, Array],
+    loss_hparams: Mapping[str, Array],
+    *,
+    config: StepConfig,
+    mean: Array,
+    std: Array,
+) -> dict[str, Array]:
+    """Per-example outputs on one device's batch (no collectives, no augmentation).
+
+    Returns ``logits [b, C]``, ``p_t``, ``margin`` (given-label logit minus the largest other),
+    ``pred``, ``weight`` (the robust loss's gradient weight at the current step), ``loss``
+    (the scheduled loss), each ``[b]``, for the labels in ``batch['label']``.
+    """
+    images = input_pipeline.normalize(batch["image"], mean, std)
+    variables = {"params": state.params}
+    if jax.tree.leaves(state.batch_stats):
+        variables["batch_stats"] = state.batch_stats
+    logits = state.apply_fn(variables, images, train=False).astype(jnp.float32)
+    labels = batch["label"]
+    loss_fn, robust, hparams_now = _loss_at_step(config, state.step, loss_hparams)
+    given_logit = jnp.take_along_axis(logits, labels[:, None], axis=-1)[:, 0]
+    others = jnp.where(jax.nn.one_hot(labels, logits.shape[-1], dtype=bool), -jnp.inf, logits)
+    return {
+        "logits": logits,
+        "p_t": losses.p_t(logits, labels),
+        "margin": given_logit - jnp.max(others, axis=-1),
+        "pred": jnp.argmax(logits, -1).astype(jnp.int32),
+        "weight": jnp.where(
+            robust, gradient_weight(config.loss_name, logits, labels, hparams_now), 1.0
+        ),
+        "loss": loss_fn(logits, labels),
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# Running the per-device functions over all local devices.
+# --------------------------------------------------------------------------------------------------
+
+PARALLEL_MODES = ("pmap", "shard_map")
+
+
+def data_mesh(devices: list | None = None) -> Mesh:
+    """A 1-D mesh with axis ``'data'`` over ``devices`` (default: all local devices)."""
+    return Mesh(np.asarray(devices or jax.local_devices()), (AXIS,))
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    """Place ``tree`` (e.g. the train state) on every device of the mesh, replicated.
+
+    The parallel step returns its state replicated like this; placing the initial state the same
+    way means the first step compiles the same program as every later one.
+    """
+    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Batches ``[D, b, ...]`` split along their leading axis, one slice per device."""
+    return NamedSharding(mesh, PartitionSpec(AXIS))
+
+
+def parallelize(step_fn: Callable, mesh: Mesh, mode: str = "pmap", *, collective: bool = True):
+    """Run a per-device ``step_fn(state, batch, hparams)`` over the mesh's devices.
+
+    The state and hyperparameters are replicated, the batch is ``[D, b, ...]`` split along axis
+    0. Outputs: ``(state, metrics)`` replicated when ``collective`` (the train step), or per-device
+    outputs stacked as ``[D, b, ...]`` (the eval step).
+
+    Args:
+      step_fn: the per-device function (``train_step`` or ``eval_step`` with settings bound).
+      mesh: from :func:`data_mesh`.
+      mode: ``pmap`` (the design's choice) or ``shard_map`` (jit + shard_map).
+      collective: True for the train step, False for the eval step.
+    """
+    if mode not in PARALLEL_MODES:
+        raise ValueError(
+            f"Unknown parallel mode {mode!r}; choose from {', '.join(PARALLEL_MODES)}."
+        )
+    if mode == "pmap":
+        out_axes = (None, None) if collective else 0
+        return jax.pmap(
+            step_fn, axis_name=AXIS, in_axes=(None, 0, None), out_axes=out_axes,
+            devices=list(mesh.devices.flat),
+        )  # fmt: skip
+
+    def per_shard(state, batch, hparams):
+        # shard_map keeps the sharded axis (size 1 per device): drop it, as pmap does.
+        out = step_fn(state, jax.tree.map(lambda x: x[0], batch), hparams)
+        return out if collective else jax.tree.map(lambda x: x[None], out)
+
+    replicated, sharded = PartitionSpec(), PartitionSpec(AXIS)
+    out_specs = (replicated, replicated) if collective else sharded
+    return jax.jit(
+        jax.shard_map(
+            per_shard, mesh=mesh, in_specs=(replicated, sharded, replicated), out_specs=out_specs,
+            check_vma=False,
+        )
+    )  # fmt: skip
+
+
+def evaluate(
+    eval_fn: Callable,
+    state: TrainState,
+    images: np.ndarray,
+    labels: np.ndarray,
+    loss_hparams: Mapping[str, Array],
+    *,
+    mesh: Mesh,
+    batch_size: int,
+    progress: Callable[[Iterable], Iterable] = lambda it: it,
+) -> dict[str, np.ndarray]:
+    """Per-example outputs for every example of a split, in canonical order (padding removed).
+
+    Args:
+      eval_fn: ``parallelize(eval_step_bound, mesh, mode, collective=False)``.
+      images, labels: the split, ``[N, H, W, C]`` and ``[N]`` (the labels to score against).
+      batch_size: global batch, a multiple of the device count.
+
+    Returns:
+      Host arrays with ``N`` rows: ``logits``, ``probs`` (softmax), ``p_t``, ``margin``, ``pred``,
+      ``weight``, ``loss``.
+    """
+    num_devices = mesh.devices.size
+    sharding = batch_sharding(mesh)
+    outputs: dict[str, list[np.ndarray]] = {}
+    batches = input_pipeline.eval_batches(images, labels, batch_size, num_devices)
+    for batch in progress(input_pipeline.prefetch_to_devices(batches, sharding)):
+        mask = np.asarray(batch.pop("mask")).reshape(-1)
+        out = jax.device_get(eval_fn(state, batch, loss_hparams))
+        for name, value in out.items():
+            flat = np.asarray(value).reshape(-1, *np.shape(value)[2:])
+            outputs.setdefault(name, []).append(flat[mask])
+    result = {name: np.concatenate(parts) for name, parts in outputs.items()}
+    result["probs"] = np.asarray(jax.nn.softmax(result["logits"], axis=-1))
+    return result

@@ -1,0 +1,82 @@
+"""The runner end to end on a small real dataset: every output file, resume, bad flags."""
+
+import json
+
+import numpy as np
+import pytest
+
+from experiments import run
+
+BASE = ["--dataset=sklearn_digits", "--model=mlp", "--batch-size=64", "--eval-batch-size=256",
+        "--train-size=0", "--no-progress", "--seed=3"]  # fmt: skip
+
+
+def test_run_writes_every_output(tmp_path, capsys):
+    workdir = tmp_path / "power"
+    code = run.main([*BASE, "--loss=power", "--gamma=2", "--epochs=3", f"--workdir={workdir}"])
+    assert code == 0
+    assert "detection F1" in capsys.readouterr().out.strip().splitlines()[-1]
+    config = json.loads((workdir / "config.json").read_text())
+    assert config["loss"] == "power" and config["delay_epochs"] == 2  # Default delay, stated.
+    assert config["loss_hparams"] == {"gamma": 2.0, "tau": 0.0}
+    lines = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines] == [1, 2, 3]
+    assert {"train_loss", "train_accuracy_noisy", "frac_low_weight", "test_accuracy"} <= set(
+        lines[0]
+    )
+    assert lines[0]["frac_low_weight"] == 0.0  # Cross-entropy during the delay.
+    pred = np.load(workdir / "predictions.npz")
+    n = 1500
+    for name in ("p_t", "margin", "pred", "weight", "given_label", "true_label", "is_corrupted"):
+        assert pred[name].shape == (n,), name
+    assert pred["probs"].shape == (n, 10)
+    assert pred["is_corrupted"].sum() == 300  # Exactly 20% symmetric noise.
+    np.testing.assert_array_equal(pred["is_corrupted"], pred["given_label"] != pred["true_label"])
+    np.testing.assert_allclose(pred["p_t"], pred["probs"][np.arange(n), pred["given_label"]],
+                               rtol=1e-5)  # fmt: skip
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert 0.5 < summary["test_accuracy"] <= 1.0
+    detection = summary["detection"]
+    for name in ("argmax_neq_given", "pt_below_0.5"):
+        assert set(detection[name]) >= {"precision", "recall", "f1", "balanced_accuracy"}
+    assert detection["ranking_1_minus_pt"]["auroc"] > 0.8
+    assert len(list((workdir / "checkpoints").iterdir())) == 3
+    assert not list(workdir.glob(".*tmp"))  # No temporary files left behind.
+
+
+def test_same_seed_same_result_and_resume_matches(tmp_path):
+    full, again, resumed = (tmp_path / name for name in ("full", "again", "resumed"))
+    args = [*BASE, "--loss=cutoff", "--tau=0.1", "--delay=1"]
+    assert run.main([*args, "--epochs=3", f"--workdir={full}"]) == 0
+    assert run.main([*args, "--epochs=3", f"--workdir={again}"]) == 0
+    assert run.main([*args, "--epochs=2", f"--workdir={resumed}"]) == 0
+    assert run.main([*args, "--epochs=3", f"--workdir={resumed}", "--resume"]) == 0
+    reference = np.load(full / "predictions.npz")
+    for other in (again, resumed):
+        data = np.load(other / "predictions.npz")
+        for name in reference.files:
+            np.testing.assert_array_equal(data[name], reference[name], err_msg=f"{other} {name}")
+    lines = (resumed / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [(["--loss=nope"], "Unknown loss 'nope'"),
+     (["--loss=power", "--gamma=-1"], "gamma=-1.0 is outside its domain"),
+     (["--loss=cutoff", "--tau=1.5"], "tau=1.5 is outside its domain"),
+     (["--loss=gce", "--gamma=2"], "'gce' does not take gamma"),
+     (["--model=vgg"], "Unknown model 'vgg'"),
+     (["--optimizer=rmsprop"], "Unknown optimizer 'rmsprop'"),
+     (["--noise-rate=1.0"], "noise rate 1.0 must be in [0, 1)"),
+     (["--noise-kind=pairflip"], "Unknown noise kind 'pairflip'"),
+     (["--epochs=0"], "epochs 0 must be >= 1"),
+     (["--parallel=xmap"], "Unknown parallel mode 'xmap'"),
+     (["--noise-kind=transition"], "needs a transition matrix")],
+)  # fmt: skip
+def test_bad_flags_exit_2_with_one_line_and_write_nothing(tmp_path, capsys, flags, message):
+    workdir = tmp_path / "bad"
+    assert run.main([*BASE, *flags, f"--workdir={workdir}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1
+    assert not workdir.exists()
