@@ -5,8 +5,8 @@ order, the order corruption and per-example outputs are indexed by) into host ar
 batches follow a permutation drawn from ``(key, epoch)``, so the order does not depend on the
 device count. Batches are host dicts ``{'image': uint8, 'label', 'index'}`` shaped
 ``[num_devices, per_device_batch, ...]``; normalisation and augmentation are JAX functions run
-on the device inside the jitted step, keyed by ``(key, epoch, index)``, so they too are independent of
-batch size and device count.
+on the device inside the jitted step, keyed by ``(key, epoch, index)``, so they too are independent
+of batch size and device count.
 """
 
 from __future__ import annotations
