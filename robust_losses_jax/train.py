@@ -164,7 +164,11 @@ def gradient_weight(
 
 
 def _loss_at_step(config: StepConfig, step: Array, hparams: Mapping[str, Array]):
-    """``(fn(logits, labels) -> [B], robust, hparams_now)`` for the schedule at ``step``."""
+    """``(loss_fn, weight_fn)`` at ``step``: each ``(logits, labels) -> [B]``.
+
+    ``loss_fn`` is cross-entropy during the delay, then the robust loss with its scheduled
+    hyperparameters; ``weight_fn`` is the matching gradient weight (1 during the delay).
+    """
     targets = dict(hparams)
     ramped = {k: targets[k] for k in schedules.RAMPABLE if k in targets}
     schedule = schedules.loss_schedule(
@@ -183,7 +187,10 @@ def _loss_at_step(config: StepConfig, step: Array, hparams: Mapping[str, Array])
             robust, robust_fn(logits, labels, **targets), losses.cross_entropy(logits, labels)
         )
 
-    return fn, robust, targets
+    def weight_fn(logits, labels):
+        return jnp.where(robust, gradient_weight(config.loss_name, logits, labels, targets), 1.0)
+
+    return fn, weight_fn
 
 
 def train_step(
@@ -222,7 +229,7 @@ def train_step(
     dropout_key = jax.random.fold_in(
         jax.random.fold_in(jax.random.fold_in(key, 2), state.step), jax.lax.axis_index(axis_name)
     )
-    loss_fn, robust, hparams_now = _loss_at_step(config, state.step, loss_hparams)
+    loss_fn, weight_fn = _loss_at_step(config, state.step, loss_hparams)
     labels = batch["label"]
     has_bn = bool(jax.tree.leaves(state.batch_stats))
 
@@ -254,11 +261,7 @@ def train_step(
     # A non-finite step is not applied: the run stops on the host with the last good state.
     new_state = jax.tree.map(lambda new, old: jnp.where(finite > 0, new, old), new_state, state)
 
-    weight = jnp.where(
-        robust,
-        gradient_weight(config.loss_name, logits, labels, hparams_now),
-        1.0,
-    )
+    weight = weight_fn(logits, labels)
     metrics = {
         "loss_sum": jnp.sum(per_example),
         "correct": jnp.sum(jnp.argmax(logits, -1) == labels),
@@ -291,7 +294,7 @@ def eval_step(
         variables["batch_stats"] = state.batch_stats
     logits = state.apply_fn(variables, images, train=False).astype(jnp.float32)
     labels = batch["label"]
-    loss_fn, robust, hparams_now = _loss_at_step(config, state.step, loss_hparams)
+    loss_fn, weight_fn = _loss_at_step(config, state.step, loss_hparams)
     given_logit = jnp.take_along_axis(logits, labels[:, None], axis=-1)[:, 0]
     others = jnp.where(jax.nn.one_hot(labels, logits.shape[-1], dtype=bool), -jnp.inf, logits)
     return {
@@ -299,9 +302,7 @@ def eval_step(
         "p_t": losses.p_t(logits, labels),
         "margin": given_logit - jnp.max(others, axis=-1),
         "pred": jnp.argmax(logits, -1).astype(jnp.int32),
-        "weight": jnp.where(
-            robust, gradient_weight(config.loss_name, logits, labels, hparams_now), 1.0
-        ),
+        "weight": weight_fn(logits, labels),
         "loss": loss_fn(logits, labels),
     }
 
