@@ -17,7 +17,11 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from robust_losses_jax.config import Config
+from robust_losses_jax import xla_setup
+
+xla_setup.configure_cpu()  # Before JAX starts its backends (see xla_setup).
+
+from robust_losses_jax.config import Config  # noqa: E402
 
 LOSS_FLAGS = ("gamma", "tau", "q", "alpha", "beta", "epsilon", "min_prob", "label_clamp")
 

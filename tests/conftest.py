@@ -2,5 +2,7 @@
 
 import os
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+from robust_losses_jax import xla_setup
+
+xla_setup.configure_cpu(num_devices=8)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

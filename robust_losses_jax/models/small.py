@@ -14,6 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from robust_losses_jax.models import layers
+
 
 class SmallCNN(nn.Module):
     """The Keras MNIST example CNN. ``[B, H, W, C] -> [B, num_classes]`` float32.
@@ -31,13 +33,13 @@ class SmallCNN(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         x = jnp.asarray(x, self.dtype)
-        x = nn.relu(nn.Conv(32, (3, 3), padding="VALID", dtype=self.dtype)(x))
-        x = nn.relu(nn.Conv(64, (3, 3), padding="VALID", dtype=self.dtype)(x))
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
-        x = nn.Dropout(self.conv_dropout_rate, deterministic=not train)(x)
+        x = nn.relu(layers.Conv(32, (3, 3), dtype=self.dtype, name="Conv_0")(x))
+        x = nn.relu(layers.Conv(64, (3, 3), dtype=self.dtype, name="Conv_1")(x))
+        x = layers.max_pool_2x2(x)
+        x = layers.Dropout(self.conv_dropout_rate)(x, deterministic=not train)
         x = x.reshape(x.shape[0], -1)
         x = nn.relu(nn.Dense(128, dtype=self.dtype)(x))
-        x = nn.Dropout(self.dense_dropout_rate, deterministic=not train)(x)
+        x = layers.Dropout(self.dense_dropout_rate)(x, deterministic=not train)
         # The head runs in float32: bfloat16 logits would quantize p_t (3 significant digits).
         return nn.Dense(self.num_classes, dtype=jnp.float32, name="head")(x)
 
@@ -58,5 +60,5 @@ class MLP(nn.Module):
         x = jnp.asarray(x, self.dtype).reshape(x.shape[0], -1)
         for size in self.hidden_sizes:
             x = nn.relu(nn.Dense(size, dtype=self.dtype)(x))
-            x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+            x = layers.Dropout(self.dropout_rate)(x, deterministic=not train)
         return nn.Dense(self.num_classes, dtype=jnp.float32, name="head")(x)

@@ -1,0 +1,41 @@
+"""XLA flags for CPU runs, set through ``XLA_FLAGS`` before JAX starts its backends.
+
+XLA reads ``XLA_FLAGS`` once, when the first JAX computation initialises the backends, so
+:func:`configure_cpu` must run before that (entry points call it first thing; importing ``jax``
+alone does not initialise anything).
+
+Why: on jaxlib 0.10-0.12, XLA:CPU hands convolutions to YNNPACK fusions, which are ~5x slower
+than XLA's own convolution once the output no longer fits in cache (the small CNN's 32->64
+layer at batch 128: 139 ms against 28 ms on the 2-core CI machine, ``benchmarks/bench_layers.py``).
+``--xla_cpu_experimental_ynn_fusion_type=`` (an empty list) turns those fusions off; it only
+affects the CPU backend.
+"""
+
+from __future__ import annotations
+
+import os
+
+NO_YNN_FUSIONS = "--xla_cpu_experimental_ynn_fusion_type="
+
+
+def cpu_flags(num_devices: int | None = None) -> list[str]:
+    """The flags :func:`configure_cpu` adds: YNNPACK fusions off, optionally N host devices."""
+    flags = [NO_YNN_FUSIONS]
+    if num_devices is not None:
+        if num_devices < 1:
+            raise ValueError(f"num_devices {num_devices} must be >= 1.")
+        flags.append(f"--xla_force_host_platform_device_count={num_devices}")
+    return flags
+
+
+def configure_cpu(num_devices: int | None = None, environ: dict | None = None) -> str:
+    """Add :func:`cpu_flags` to ``XLA_FLAGS`` (``os.environ`` by default), keeping what is set.
+
+    A flag already present (with any value) is left as the user set it. Returns the new value.
+    """
+    environ = os.environ if environ is None else environ
+    current = environ.get("XLA_FLAGS", "").split()
+    present = {flag.split("=", 1)[0] for flag in current}
+    added = [flag for flag in cpu_flags(num_devices) if flag.split("=", 1)[0] not in present]
+    environ["XLA_FLAGS"] = " ".join(current + added)
+    return environ["XLA_FLAGS"]
