@@ -79,6 +79,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--dtype", default=d.dtype, help="float32 or bfloat16 (compute dtype)")
     add("--parallel", default=d.parallel, help="pmap or shard_map")
     add("--pt-threshold", type=float, default=d.pt_threshold)
+    add("--detector", default=d.detector, help="pt (one run), cl (K-fold Confident Learning), aum")
+    add("--folds", type=int, default=d.folds, help="folds of the cl detector")
+    add("--cl-filter-by", default=d.cl_filter_by, help="Confident Learning's filter_by")
+    add("--aum-percentile", type=float, default=d.aum_percentile)
     add("--data-dir", default=None, help="tfds data directory")
     add("--workdir", default="workdir/run")
     add("--resume", action="store_true", help="continue from the latest checkpoint")
@@ -101,7 +105,8 @@ def build_config(args: argparse.Namespace) -> Config:
         weight_decay=args.weight_decay, l1_weight=args.l1, seed=args.seed,
         train_size=args.train_size or None, test_size=args.test_size or None,
         augment=args.augment, dtype=args.dtype, parallel=args.parallel,
-        pt_threshold=args.pt_threshold,
+        pt_threshold=args.pt_threshold, detector=args.detector, folds=args.folds,
+        cl_filter_by=args.cl_filter_by, aum_percentile=args.aum_percentile,
     )  # fmt: skip
 
 

@@ -14,6 +14,7 @@ DELAYED_BY_DEFAULT = ("power", "cutoff")
 DEFAULT_DELAY_EPOCHS = 2
 NOISE_KINDS = ("symmetric", "asymmetric", "transition")
 DTYPES = ("float32", "bfloat16")
+DETECTORS = ("pt", "cl", "aum")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +52,12 @@ class Config:
     dtype: str = "float32"
     parallel: str = "pmap"
     pt_threshold: float = 0.5
+    # How label errors are found: "pt" (in-sample p_t of one run), "cl" (K-fold out-of-sample
+    # probabilities + Confident Learning), "aum" (area under the margin, two runs).
+    detector: str = "pt"
+    folds: int = 5
+    cl_filter_by: str = "prune_by_noise_rate"
+    aum_percentile: float = 99.0
 
     @property
     def resolved_delay_epochs(self) -> int:
@@ -96,11 +103,25 @@ def validate(config: Config, *, num_devices: int) -> None:
         raise ValueError(
             f"Unknown noise kind {config.noise_kind!r}; choose from {', '.join(NOISE_KINDS)}."
         )
+    if config.detector not in DETECTORS:
+        raise ValueError(
+            f"Unknown detector {config.detector!r}; choose from {', '.join(DETECTORS)}."
+        )
+    from robust_losses_jax import detection
+
+    if config.cl_filter_by not in detection.FILTER_BY:
+        raise ValueError(
+            f"Unknown cl filter_by {config.cl_filter_by!r}; "
+            f"choose from {', '.join(detection.FILTER_BY)}."
+        )
     if config.dtype not in DTYPES:
         raise ValueError(f"Unknown dtype {config.dtype!r}; choose from {', '.join(DTYPES)}.")
     checks = [
         (0.0 <= config.noise_rate < 1.0, f"noise rate {config.noise_rate} must be in [0, 1)"),
         (config.epochs >= 1, f"epochs {config.epochs} must be >= 1"),
+        (config.folds >= 2, f"folds {config.folds} must be >= 2"),
+        (0.0 < config.aum_percentile <= 100.0,
+         f"aum percentile {config.aum_percentile} must be in (0, 100]"),
         (config.lr > 0, f"learning rate {config.lr} must be > 0"),
         (config.resolved_delay_epochs >= 0, f"delay {config.delay_epochs} must be >= 0"),
         (config.ramp_epochs >= 0, f"ramp {config.ramp_epochs} must be >= 0"),

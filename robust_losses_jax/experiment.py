@@ -17,6 +17,7 @@ Every file is written to a temporary name and renamed, so a killed run leaves no
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -170,58 +171,74 @@ def _tqdm(iterable: Iterable, enabled: bool, **kwargs) -> Iterable:
     return tqdm(iterable, **kwargs)
 
 
-def train_and_evaluate(
+@dataclasses.dataclass(frozen=True)
+class Fitted:
+    """One trained model and what its training recorded.
+
+    Attributes:
+      state: the final train state (replicated on the devices).
+      evaluate: ``evaluate(state, images, labels)`` -> per-example host outputs
+        (:func:`train.evaluate`).
+      aum_sum, aum_count: ``[N]`` sums and counts of the training margins of each example
+        (every step, from the train step's own logits), for AUM.
+      test_accuracy: clean test accuracy of the final model.
+    """
+
+    state: Any
+    evaluate: Callable[..., dict[str, np.ndarray]]
+    aum_sum: np.ndarray
+    aum_count: np.ndarray
+    test_accuracy: float
+
+
+def fit(
     cfg: config_lib.Config,
-    workdir: str | Path,
+    images: np.ndarray,
+    labels: np.ndarray,
     *,
-    data_dir: str | None = None,
+    num_classes: int,
+    real_classes: int | None = None,
+    test_images: np.ndarray,
+    test_labels: np.ndarray,
+    mean: np.ndarray,
+    std: np.ndarray,
+    keys: tuple[jax.Array, jax.Array, jax.Array],
+    workdir: Path,
+    tag: str = "",
     resume: bool = False,
     progress: bool = True,
-    devices: list | None = None,
+    devices: list,
     log: Callable[[str], None] = print,
-) -> dict[str, Any]:
-    """Train on noisy labels, then score detection of the corrupted examples.
+) -> Fitted:
+    """Train one freshly initialised model on ``images``/``labels`` (the labels trained on).
 
     Args:
-      cfg: the run's configuration (validated here before any work).
-      workdir: output directory (created).
-      data_dir: tfds data directory.
-      resume: continue from the latest checkpoint in ``workdir``.
-      progress: show progress bars.
-      devices: devices to run on (default: all local devices).
-      log: where one-line messages go.
-
-    Returns:
-      The summary (also written to ``summary.json``).
+      num_classes: outputs of the model (``C + 1`` with AUM's threshold class).
+      real_classes: ``C``, the dataset's classes (default ``num_classes``): test predictions are
+        the argmax over the first ``C`` logits.
+      keys: ``(init, step, order)`` PRNG keys: initial weights, augmentation/dropout, batch order.
+      workdir: checkpoints go to ``checkpoints`` (``checkpoints_<tag>`` when tagged), epochs are
+        appended to ``metrics.jsonl`` (with ``"run": tag`` when tagged).
+      resume: continue from the latest checkpoint of this run.
     """
-    devices = devices or jax.local_devices()
-    config_lib.validate(cfg, num_devices=len(devices))
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    write_json(workdir / "config.json", cfg.to_json())
-
-    data = noisy_training_data(cfg, data_dir)
-    num_train = len(data["given_label"])
+    num_train = len(labels)
     if num_train < cfg.batch_size:
         raise ValueError(f"batch size {cfg.batch_size} exceeds the {num_train} training examples.")
     steps_per_epoch = num_train // cfg.batch_size
     total_steps = steps_per_epoch * cfg.epochs
-    image_shape = data["images"].shape[1:]
     augment = (
         cfg.dataset in input_pipeline.AUGMENTED_BY_DEFAULT if cfg.augment is None else cfg.augment
     )
-
-    base_key = jax.random.key(cfg.seed)
-    init_key, step_key, order_key = (jax.random.fold_in(base_key, i) for i in (1, 2, 3))
+    init_key, step_key, order_key = keys
     model = models.get_model(
-        cfg.model, data["num_classes"], dtype=jnp.dtype(cfg.dtype), bn_axis_name=train.AXIS
+        cfg.model, num_classes, dtype=jnp.dtype(cfg.dtype), bn_axis_name=train.AXIS
     )
     tx = train.make_optimizer(
         cfg.optimizer, cfg.lr, total_steps=total_steps, schedule=cfg.lr_schedule,
         warmup_steps=cfg.warmup_epochs * steps_per_epoch, momentum=cfg.momentum,
         nesterov=cfg.nesterov, weight_decay=cfg.weight_decay,
     )  # fmt: skip
-    state = train.create_train_state(init_key, model, image_shape, tx)
+    state = train.create_train_state(init_key, model, images.shape[1:], tx)
     step_config = train.StepConfig(
         loss_name=cfg.loss,
         delay_steps=cfg.resolved_delay_epochs * steps_per_epoch,
@@ -234,7 +251,7 @@ def train_and_evaluate(
     loss_hparams = {
         k: jnp.float32(v) for k, v in cfg.to_json()["loss_hparams"].items() if k != "detach"
     }
-    mean, std = jnp.asarray(data["mean"]), jnp.asarray(data["std"])
+    mean, std = jnp.asarray(mean), jnp.asarray(std)
     mesh = train.data_mesh(devices)
     train_fn = train.parallelize(
         functools.partial(train.train_step, config=step_config, key=step_key, mean=mean, std=std),
@@ -249,32 +266,44 @@ def train_and_evaluate(
     )
     sharding = train.batch_sharding(mesh)
     state = train.replicate(state, mesh)
-    run_eval = functools.partial(train.evaluate, eval_fn, mesh=mesh, batch_size=cfg.eval_batch_size)
+    run_eval = functools.partial(
+        train.evaluate, eval_fn, mesh=mesh, batch_size=cfg.eval_batch_size,
+        loss_hparams=loss_hparams,
+    )  # fmt: skip
+    real_classes = real_classes or num_classes
 
+    def test_accuracy(state) -> float:
+        logits = run_eval(state, test_images, test_labels)["logits"][:, :real_classes]
+        return float(np.mean(logits.argmax(-1) == test_labels))
+
+    suffix = f"_{tag}" if tag else ""
     manager = ocp.CheckpointManager(
-        (workdir / "checkpoints").absolute(),
+        (workdir / f"checkpoints{suffix}").absolute(),
         options=ocp.CheckpointManagerOptions(
             max_to_keep=CHECKPOINTS_TO_KEEP, enable_async_checkpointing=False, create=True
         ),
     )
+    aum_path = workdir / f"aum{suffix}.npz"
+    aum_sum, aum_count = np.zeros(num_train, np.float64), np.zeros(num_train, np.int64)
     start_epoch = 0
     if resume and manager.latest_step() is not None:
         state = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(state))
         start_epoch = int(state.step) // steps_per_epoch
-        log(f"resumed from epoch {start_epoch} (step {int(state.step)})")
-    elif (workdir / "metrics.jsonl").exists():
-        (workdir / "metrics.jsonl").unlink()  # A fresh run replaces an old log.
+        if aum_path.exists():
+            with np.load(aum_path) as saved:
+                if int(saved["epoch"]) == start_epoch:
+                    aum_sum, aum_count = saved["aum_sum"], saved["aum_count"]
+        log(f"resumed {tag or 'run'} from epoch {start_epoch} (step {int(state.step)})")
 
     for epoch in range(start_epoch, cfg.epochs):
         started = time.perf_counter()
         order = input_pipeline.epoch_permutation(order_key, epoch, num_train)
-        batches = input_pipeline.train_batches(
-            data["images"], data["given_label"], order, cfg.batch_size, len(devices)
-        )
+        batches = input_pipeline.train_batches(images, labels, order, cfg.batch_size, len(devices))
         step_metrics = []
+        desc = f"{tag + ' ' if tag else ''}epoch {epoch + 1}/{cfg.epochs}"
         for batch in _tqdm(
             input_pipeline.prefetch_to_devices(batches, sharding),
-            progress, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+            progress, total=steps_per_epoch, desc=desc, leave=False,
         ):  # fmt: skip
             state, step_out = train_fn(state, batch, loss_hparams)
             step_metrics.append(step_out)
@@ -282,39 +311,64 @@ def train_and_evaluate(
         bad = [i for i, m in enumerate(step_metrics) if int(m["finite"]) == 0]
         if bad:
             raise NonFiniteError(
-                f"non-finite loss or gradient in epoch {epoch + 1}, step {bad[0] + 1} of "
-                f"{steps_per_epoch} (global step {epoch * steps_per_epoch + bad[0] + 1}); "
-                f"likely cause: learning rate {cfg.lr:g} too high for {cfg.optimizer}. The last "
-                f"good checkpoint is kept in {workdir / 'checkpoints'}; no summary was written."
+                f"non-finite loss or gradient in {tag + ', ' if tag else ''}epoch {epoch + 1}, "
+                f"step {bad[0] + 1} of {steps_per_epoch} (global step "
+                f"{epoch * steps_per_epoch + bad[0] + 1}); likely cause: learning rate "
+                f"{cfg.lr:g} too high for {cfg.optimizer}. The last good checkpoint is kept in "
+                f"{workdir / f'checkpoints{suffix}'}; no summary was written."
             )
-        totals = {k: float(sum(m[k] for m in step_metrics)) for k in step_metrics[0]}
-        test_out = run_eval(state, data["test_images"], data["test_labels"], loss_hparams)
+        for m in step_metrics:
+            np.add.at(aum_sum, m["index"], m["margin"])
+            np.add.at(aum_count, m["index"], 1)
+        scalars = ("loss_sum", "correct", "low_weight", "count")
+        totals = {k: float(sum(m[k] for m in step_metrics)) for k in scalars}
         record = {
+            **({"run": tag} if tag else {}),
             "epoch": epoch + 1,
             "step": int(state.step),
             "robust_loss_on": bool(int(state.step) > step_config.delay_steps),
             "train_loss": totals["loss_sum"] / totals["count"],
             "train_accuracy_noisy": totals["correct"] / totals["count"],
             "frac_low_weight": totals["low_weight"] / totals["count"],
-            "test_accuracy": float(np.mean(test_out["pred"] == data["test_labels"])),
+            "test_accuracy": test_accuracy(state),
             "seconds": time.perf_counter() - started,
         }
         append_jsonl(workdir / "metrics.jsonl", record)
         manager.save(int(state.step), args=ocp.args.StandardSave(state))
+        epoch_done = epoch + 1
+        atomic_write(
+            aum_path,
+            lambda f, e=epoch_done: np.savez(f, aum_sum=aum_sum, aum_count=aum_count, epoch=e),
+            mode="wb",
+        )
         log(
-            f"epoch {epoch + 1}/{cfg.epochs}: loss {record['train_loss']:.4f}, "
-            f"noisy-label acc {record['train_accuracy_noisy']:.4f}, "
+            f"{tag + ' ' if tag else ''}epoch {epoch + 1}/{cfg.epochs}: loss "
+            f"{record['train_loss']:.4f}, noisy-label acc {record['train_accuracy_noisy']:.4f}, "
             f"low-weight {record['frac_low_weight']:.3f}, test acc {record['test_accuracy']:.4f}"
             f" ({record['seconds']:.1f}s)"
         )
     manager.wait_until_finished()
+    return Fitted(state, run_eval, aum_sum, aum_count, test_accuracy(state))
 
-    # Per-example outputs on the training set, scored against the labels trained on.
-    out = run_eval(
-        state, data["images"], data["given_label"], loss_hparams,
-        progress=functools.partial(_tqdm, enabled=progress, desc="evaluating", leave=False),
-    )  # fmt: skip
-    predictions = {
+
+def fold_assignment(key: jax.Array, num_examples: int, folds: int) -> np.ndarray:
+    """``[N]`` int: the fold (0..folds-1) of each example, near-equal sizes, from ``key`` only."""
+    order = np.asarray(jax.random.permutation(key, num_examples))
+    fold_of = np.empty(num_examples, np.int32)
+    fold_of[order] = np.arange(num_examples) % folds
+    return fold_of
+
+
+def _run_keys(base_key: jax.Array, run: int | None) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(init, step, order)`` keys; run ``None`` is the single in-sample run."""
+    keys = tuple(jax.random.fold_in(base_key, i) for i in (1, 2, 3))
+    if run is None:
+        return keys
+    return tuple(jax.random.fold_in(k, 1000 + run) for k in keys)
+
+
+def _predictions(out: dict[str, np.ndarray], data: dict[str, Any]) -> dict[str, np.ndarray]:
+    return {
         "p_t": out["p_t"],
         "probs": out["probs"],
         "margin": out["margin"],
@@ -324,27 +378,192 @@ def train_and_evaluate(
         "true_label": data["true_label"],
         "is_corrupted": data["is_corrupted"],
     }
+
+
+def _cross_validated(cfg, data, fit_run, workdir: Path, base_key, log) -> tuple[dict, dict]:
+    """K-fold out-of-sample outputs: each fold's rows from a fresh model trained on the others."""
+    num_train = len(data["given_label"])
+    fold_of = fold_assignment(jax.random.fold_in(base_key, 4), num_train, cfg.folds)
+    parts: dict[str, np.ndarray] = {}
+    test_accuracies = []
+    for fold in range(cfg.folds):
+        held_out = fold_of == fold
+        path = workdir / f"fold{fold}.npz"
+        if not path.exists():
+            fitted = fit_run(
+                data["images"][~held_out], data["given_label"][~held_out],
+                num_classes=data["num_classes"], keys=_run_keys(base_key, fold),
+                tag=f"fold{fold}",
+            )  # fmt: skip
+            out = fitted.evaluate(
+                fitted.state, data["images"][held_out], data["given_label"][held_out]
+            )
+            out["test_accuracy"] = np.float64(fitted.test_accuracy)
+            atomic_write(path, lambda f, out=out: np.savez(f, **out), mode="wb")
+        else:
+            log(f"fold {fold}: outputs found in {path}, not re-trained")
+        with np.load(path) as saved:
+            test_accuracies.append(float(saved["test_accuracy"]))
+            for name in ("logits", "probs", "p_t", "margin", "pred", "weight"):
+                if name not in parts:
+                    parts[name] = np.zeros((num_train, *saved[name].shape[1:]), saved[name].dtype)
+                parts[name][held_out] = saved[name]  # Back in canonical order.
+    predictions = _predictions(parts, data)
+    predictions["fold"] = fold_of
+    is_flagged, score = detection.confident_learning(
+        data["given_label"], parts["probs"], filter_by=cfg.cl_filter_by
+    )
+    predictions["is_flagged_cl"] = is_flagged
+    predictions["cl_score"] = score  # Self-confidence: 1 - out-of-sample p_t.
+    extra = {
+        "confident_learning": {
+            **metrics.detection_metrics(data["is_corrupted"], is_flagged),
+            "filter_by": cfg.cl_filter_by,
+        },
+        "test_accuracy_per_fold": test_accuracies,
+        "test_accuracy": float(np.mean(test_accuracies)),
+    }
+    return predictions, extra
+
+
+def _area_under_margin(cfg, data, fit_run, base_key) -> tuple[dict, dict]:
+    """AUM: two runs, each with its own N/(C+1) threshold examples moved to a fake class C."""
+    num_classes = data["num_classes"]
+    runs = detection.assign_threshold_examples(
+        jax.random.fold_in(base_key, 5), data["given_label"], num_classes, num_runs=2
+    )
+    aums, thresholds, outs, test_accuracies = [], [], [], []
+    for run, (is_threshold, threshold_labels) in enumerate(runs):
+        fitted = fit_run(
+            data["images"], threshold_labels, num_classes=num_classes + 1,
+            keys=_run_keys(base_key, 100 + run), tag=f"aum{run}",
+        )  # fmt: skip
+        aums.append(np.asarray(detection.aum_scores(fitted.aum_sum, fitted.aum_count)))
+        thresholds.append(is_threshold)
+        test_accuracies.append(fitted.test_accuracy)
+        # Per-example outputs over the real classes only, for the given labels.
+        out = fitted.evaluate(fitted.state, data["images"], threshold_labels)
+        outs.append((out, is_threshold))
+    is_flagged, score = detection.aum_detect(aums, thresholds, percentile=cfg.aum_percentile)
+    # The outputs of the run in which each example was not a threshold example (run 0 if neither).
+    out0, thr0 = outs[0]
+    out1, _ = outs[1]
+    logits = np.where(thr0[:, None], out1["logits"], out0["logits"])[:, :num_classes]
+    probs = np.asarray(jax.nn.softmax(logits, axis=-1))
+    labels = data["given_label"]
+    p_t = probs[np.arange(len(labels)), labels]
+    margin = np.asarray(train.example_margins(jnp.asarray(logits), jnp.asarray(labels)))
+    weight = np.where(thr0, out1["weight"], out0["weight"])
+    out = {"probs": probs, "p_t": p_t, "margin": margin, "pred": logits.argmax(-1),
+           "weight": weight}  # fmt: skip
+    predictions = _predictions(out, data)
+    predictions.update(aum=np.where(thr0, aums[1], aums[0]), aum_score=score,
+                       is_flagged_aum=is_flagged, is_threshold_run0=thr0,
+                       is_threshold_run1=thresholds[1])  # fmt: skip
+    finite = np.isfinite(score)
+    extra = {
+        "aum": {
+            **metrics.detection_metrics(data["is_corrupted"], is_flagged),
+            **metrics.ranking_metrics(data["is_corrupted"][finite], score[finite]),
+            "percentile": cfg.aum_percentile,
+        },
+        "test_accuracy_per_run": test_accuracies,
+        "test_accuracy": float(np.mean(test_accuracies)),
+    }
+    return predictions, extra
+
+
+def train_and_evaluate(
+    cfg: config_lib.Config,
+    workdir: str | Path,
+    *,
+    data_dir: str | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    devices: list | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Train on noisy labels, then score detection of the corrupted examples.
+
+    ``cfg.detector`` picks the protocol: ``pt`` (one run; in-sample ``p_t`` from the evaluation
+    pass), ``cl`` (K-fold: ``cfg.folds`` fresh models, each trained without its fold; the
+    out-of-sample probabilities, in canonical order, go to Confident Learning) or ``aum`` (two
+    runs with disjoint threshold-example sets; margins from every train step).
+
+    Args:
+      cfg: the run's configuration (validated here before any work).
+      workdir: output directory (created).
+      data_dir: tfds data directory.
+      resume: continue from the latest checkpoint in ``workdir`` (and skip finished folds).
+      progress: show progress bars.
+      devices: devices to run on (default: all local devices).
+      log: where one-line messages go.
+
+    Returns:
+      The summary (also written to ``summary.json``).
+    """
+    devices = devices or jax.local_devices()
+    config_lib.validate(cfg, num_devices=len(devices))
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    write_json(workdir / "config.json", cfg.to_json())
+    if not resume:
+        for stale in ("metrics.jsonl", *(p.name for p in workdir.glob("fold*.npz"))):
+            (workdir / stale).unlink(missing_ok=True)  # A fresh run replaces an old one.
+
+    data = noisy_training_data(cfg, data_dir)
+    base_key = jax.random.key(cfg.seed)
+    fit_run = functools.partial(
+        fit, cfg, real_classes=data["num_classes"], test_images=data["test_images"],
+        test_labels=data["test_labels"],
+        mean=data["mean"], std=data["std"], workdir=workdir, resume=resume, progress=progress,
+        devices=devices, log=log,
+    )  # fmt: skip
+
+    extra: dict[str, Any] = {}
+    if cfg.detector == "cl":
+        predictions, extra = _cross_validated(cfg, data, fit_run, workdir, base_key, log)
+    elif cfg.detector == "aum":
+        predictions, extra = _area_under_margin(cfg, data, fit_run, base_key)
+    else:
+        fitted = fit_run(
+            data["images"], data["given_label"], num_classes=data["num_classes"],
+            keys=_run_keys(base_key, None),
+        )  # fmt: skip
+        # Per-example outputs on the training set, scored against the labels trained on.
+        out = fitted.evaluate(
+            fitted.state, data["images"], data["given_label"],
+            progress=functools.partial(_tqdm, enabled=progress, desc="evaluating", leave=False),
+        )  # fmt: skip
+        predictions = _predictions(out, data)
+        extra = {"test_accuracy": fitted.test_accuracy}
     atomic_write(
         workdir / "predictions.npz", lambda f: np.savez_compressed(f, **predictions), mode="wb"
     )
-    test_out = run_eval(state, data["test_images"], data["test_labels"], loss_hparams)
     warning = degeneracy_warning(predictions, data["num_classes"])
     if warning:
         warnings.warn(warning, stacklevel=2)
         log(f"WARNING: {warning}")
     report = corruption.noise_report(data["true_label"], data["given_label"], data["num_classes"])
+    is_corrupted = data["is_corrupted"]
+    detection_scores = score_detection(predictions, is_corrupted, cfg.pt_threshold)
+    for name in ("confident_learning", "aum"):
+        if name in extra:
+            detection_scores[name] = extra.pop(name)
     summary = {
-        "test_accuracy": float(np.mean(test_out["pred"] == data["test_labels"])),
-        "train_accuracy_true_labels": float(np.mean(out["pred"] == data["true_label"])),
+        "detector": cfg.detector,
+        "test_accuracy": extra.pop("test_accuracy"),
+        **extra,
+        "train_accuracy_true_labels": float(np.mean(predictions["pred"] == data["true_label"])),
         "memorised_fraction": float(
-            np.mean(out["pred"][data["is_corrupted"]] == data["given_label"][data["is_corrupted"]])
+            np.mean(predictions["pred"][is_corrupted] == data["given_label"][is_corrupted])
         )
-        if data["is_corrupted"].any()
+        if is_corrupted.any()
         else 0.0,
-        "num_train": num_train,
-        "num_corrupted": int(data["is_corrupted"].sum()),
+        "num_train": len(data["given_label"]),
+        "num_corrupted": int(is_corrupted.sum()),
         "realised_noise_rate": float(report["realised_rate"]),
-        "detection": score_detection(predictions, data["is_corrupted"], cfg.pt_threshold),
+        "detection": detection_scores,
         "degenerate": warning,
         "epochs": cfg.epochs,
         "devices": len(devices),
@@ -361,4 +580,9 @@ def one_line_summary(cfg: config_lib.Config, summary: dict[str, Any]) -> str:
         f"argmax!=given {det['argmax_neq_given']['f1']:.3f}, "
         f"p_t<{cfg.pt_threshold:g} {det[f'pt_below_{cfg.pt_threshold:g}']['f1']:.3f}; "
         f"AUROC {det['ranking_1_minus_pt']['auroc']:.3f}"
+        + "".join(
+            f"; {label} F1 {det[key]['f1']:.3f}"
+            for key, label in (("confident_learning", "CL"), ("aum", "AUM"))
+            if key in det
+        )
     )

@@ -218,7 +218,9 @@ def train_step(
     Returns:
       The new state and summed metrics over all devices: ``loss_sum``, ``correct`` (argmax ==
       label trained on), ``low_weight`` (gradient weight below 0.01), ``count``, and ``finite``
-      (1 when loss and gradients were finite; the update is then applied, else skipped).
+      (1 when loss and gradients were finite; the update is then applied, else skipped); and,
+      gathered over the devices, ``margin`` ``[B]`` (label logit minus the largest other, for
+      AUM) and ``index`` ``[B]``.
     """
     epoch = state.step // config.steps_per_epoch
     images = input_pipeline.preprocess(
@@ -270,7 +272,19 @@ def train_step(
     }
     metrics = jax.lax.psum(metrics, axis_name)
     metrics["finite"] = finite
+    # Per-example margins of the logits just computed, for AUM (no extra forward pass): the whole
+    # global batch, gathered in device order, with the examples' dataset indices.
+    metrics["margin"] = jax.lax.all_gather(example_margins(logits, labels), axis_name, tiled=True)
+    metrics["index"] = jax.lax.all_gather(batch["index"], axis_name, tiled=True)
     return new_state, metrics
+
+
+def example_margins(logits: Array, labels: Array) -> Array:
+    """``[b]``: the logit of ``labels`` minus the largest other one (negative when another wins)."""
+    logits = logits.astype(jnp.float32)
+    given_logit = jnp.take_along_axis(logits, labels[:, None], axis=-1)[:, 0]
+    others = jnp.where(jax.nn.one_hot(labels, logits.shape[-1], dtype=bool), -jnp.inf, logits)
+    return given_logit - jnp.max(others, axis=-1)
 
 
 def eval_step(
@@ -295,12 +309,10 @@ def eval_step(
     logits = state.apply_fn(variables, images, train=False).astype(jnp.float32)
     labels = batch["label"]
     loss_fn, weight_fn = _loss_at_step(config, state.step, loss_hparams)
-    given_logit = jnp.take_along_axis(logits, labels[:, None], axis=-1)[:, 0]
-    others = jnp.where(jax.nn.one_hot(labels, logits.shape[-1], dtype=bool), -jnp.inf, logits)
     return {
         "logits": logits,
         "p_t": losses.p_t(logits, labels),
-        "margin": given_logit - jnp.max(others, axis=-1),
+        "margin": example_margins(logits, labels),
         "pred": jnp.argmax(logits, -1).astype(jnp.int32),
         "weight": weight_fn(logits, labels),
         "loss": loss_fn(logits, labels),

@@ -72,7 +72,11 @@ def test_same_seed_same_result_and_resume_matches(tmp_path):
      (["--noise-kind=pairflip"], "Unknown noise kind 'pairflip'"),
      (["--epochs=0"], "epochs 0 must be >= 1"),
      (["--parallel=xmap"], "Unknown parallel mode 'xmap'"),
-     (["--noise-kind=transition"], "needs a transition matrix")],
+     (["--noise-kind=transition"], "needs a transition matrix"),
+     (["--detector=loss"], "Unknown detector 'loss'"),
+     (["--detector=cl", "--folds=1"], "folds 1 must be >= 2"),
+     (["--detector=cl", "--cl-filter-by=magic"], "Unknown cl filter_by 'magic'"),
+     (["--detector=aum", "--aum-percentile=0"], "aum percentile 0.0 must be in (0, 100]")],
 )  # fmt: skip
 def test_bad_flags_exit_2_with_one_line_and_write_nothing(tmp_path, capsys, flags, message):
     workdir = tmp_path / "bad"
@@ -80,3 +84,64 @@ def test_bad_flags_exit_2_with_one_line_and_write_nothing(tmp_path, capsys, flag
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1
     assert not workdir.exists()
+
+
+def test_cl_detector_k_fold_out_of_sample_probabilities(tmp_path, capsys):
+    """Every example's probabilities come from the one fold model that did not train on it, back
+    in its own row; the flags are Confident Learning's, the same as cleanlab's on those rows."""
+    cleanlab_filter = pytest.importorskip("cleanlab.filter")
+    workdir = tmp_path / "cl"
+    flags = [*BASE, "--epochs=2", "--detector=cl", "--folds=3", f"--workdir={workdir}"]
+    assert run.main(flags) == 0
+    assert "CL F1" in capsys.readouterr().out.strip().splitlines()[-1]
+    pred = np.load(workdir / "predictions.npz")
+    n = len(pred["given_label"])
+    fold = pred["fold"]
+    assert sorted(np.bincount(fold).tolist()) == [n // 3] * 3  # 1500 = 3 x 500.
+    for k in range(3):
+        held_out = np.load(workdir / f"fold{k}.npz")
+        rows = fold == k
+        np.testing.assert_array_equal(pred["probs"][rows], held_out["probs"])
+        np.testing.assert_array_equal(pred["p_t"][rows], held_out["p_t"])
+    # Each fold model is a fresh model: its first epoch is logged under its own name.
+    runs = [json.loads(x).get("run") for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert runs == ["fold0", "fold0", "fold1", "fold1", "fold2", "fold2"]
+    np.testing.assert_allclose(pred["probs"].sum(1), 1.0, rtol=1e-5)
+    expected = cleanlab_filter.find_label_issues(
+        pred["given_label"], pred["probs"].astype(np.float64), n_jobs=1
+    )
+    np.testing.assert_array_equal(pred["is_flagged_cl"], expected)
+    summary = json.loads((workdir / "summary.json").read_text())
+    cl = summary["detection"]["confident_learning"]
+    assert cl["num_flagged"] == int(expected.sum()) and cl["filter_by"] == "prune_by_noise_rate"
+    assert len(summary["test_accuracy_per_fold"]) == 3
+    # A finished fold is not re-trained on --resume: the comparison is resumable.
+    mtime = (workdir / "fold1.npz").stat().st_mtime_ns
+    assert run.main([*flags, "--resume"]) == 0
+    assert (workdir / "fold1.npz").stat().st_mtime_ns == mtime
+    np.testing.assert_array_equal(np.load(workdir / "predictions.npz")["probs"], pred["probs"])
+
+
+def test_aum_detector_two_runs_with_disjoint_threshold_examples(tmp_path):
+    workdir = tmp_path / "aum"
+    assert run.main([*BASE, "--epochs=2", "--detector=aum", f"--workdir={workdir}"]) == 0
+    pred = np.load(workdir / "predictions.npz")
+    n = len(pred["given_label"])
+    t0, t1 = pred["is_threshold_run0"], pred["is_threshold_run1"]
+    assert t0.sum() == t1.sum() == n // 11 and not (t0 & t1).any()
+    # Margins were recorded at every step: each example at most once per epoch (1500 = 23 x 64 +
+    # 28, the last incomplete batch dropped); an example never trained on has no AUM (NaN).
+    counts = []
+    for r in range(2):
+        saved = np.load(workdir / f"aum_aum{r}.npz")
+        assert int(saved["epoch"]) == 2 and set(np.unique(saved["aum_count"])) <= {0, 1, 2}
+        assert saved["aum_count"].sum() == 2 * (n // 64) * 64
+        counts.append(saved["aum_count"])
+    seen = np.where(t0, counts[1], counts[0]) > 0
+    np.testing.assert_array_equal(np.isfinite(pred["aum"]), seen)
+    assert seen.mean() > 0.99
+    summary = json.loads((workdir / "summary.json").read_text())
+    aum = summary["detection"]["aum"]
+    assert aum["num_flagged"] == int(pred["is_flagged_aum"].sum()) > 0
+    assert aum["auroc"] > 0.8  # Mislabelled examples have low margins.
+    assert pred["probs"].shape == (n, 10)  # The fake class is not among the outputs.
