@@ -205,6 +205,7 @@ def fit(
     keys: tuple[jax.Array, jax.Array, jax.Array],
     workdir: Path,
     tag: str = "",
+    is_corrupted: np.ndarray | None = None,
     resume: bool = False,
     progress: bool = True,
     devices: list,
@@ -219,7 +220,14 @@ def fit(
       keys: ``(init, step, order)`` PRNG keys: initial weights, augmentation/dropout, batch order.
       workdir: checkpoints go to ``checkpoints`` (``checkpoints_<tag>`` when tagged), epochs are
         appended to ``metrics.jsonl`` (with ``"run": tag`` when tagged).
+      is_corrupted: when given (``[N]``), the training set is evaluated after every epoch:
+        its ``p_t`` per epoch go to ``train_record*.npz`` (``p_t_history`` ``[E, N]`` float16)
+        and ``metrics.jsonl`` gets that epoch's detection F1 (argmax != given), AUROC of
+        ``1 - p_t`` and memorised fraction (corrupted examples predicted as their noisy label).
       resume: continue from the latest checkpoint of this run.
+
+    Per-example training records (margins for AUM, ``p_t`` history) are written with each
+    checkpoint to ``train_record.npz`` (``train_record_<tag>.npz``) so a resumed run keeps them.
     """
     num_train = len(labels)
     if num_train < cfg.batch_size:
@@ -283,16 +291,18 @@ def fit(
             max_to_keep=CHECKPOINTS_TO_KEEP, enable_async_checkpointing=False, create=True
         ),
     )
-    aum_path = workdir / f"aum{suffix}.npz"
+    record_path = workdir / f"train_record{suffix}.npz"
     aum_sum, aum_count = np.zeros(num_train, np.float64), np.zeros(num_train, np.int64)
+    p_t_history: list[np.ndarray] = []
     start_epoch = 0
     if resume and manager.latest_step() is not None:
         state = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(state))
         start_epoch = int(state.step) // steps_per_epoch
-        if aum_path.exists():
-            with np.load(aum_path) as saved:
+        if record_path.exists():
+            with np.load(record_path) as saved:
                 if int(saved["epoch"]) == start_epoch:
                     aum_sum, aum_count = saved["aum_sum"], saved["aum_count"]
+                    p_t_history = list(saved["p_t_history"])
         log(f"resumed {tag or 'run'} from epoch {start_epoch} (step {int(state.step)})")
 
     for epoch in range(start_epoch, cfg.epochs):
@@ -331,16 +341,21 @@ def fit(
             "train_accuracy_noisy": totals["correct"] / totals["count"],
             "frac_low_weight": totals["low_weight"] / totals["count"],
             "test_accuracy": test_accuracy(state),
-            "seconds": time.perf_counter() - started,
         }
+        if is_corrupted is not None:
+            out = run_eval(state, images, labels)
+            p_t_history.append(out["p_t"].astype(np.float16))
+            record.update(_epoch_detection(out, labels, is_corrupted))
+        record["seconds"] = time.perf_counter() - started
         append_jsonl(workdir / "metrics.jsonl", record)
         manager.save(int(state.step), args=ocp.args.StandardSave(state))
-        epoch_done = epoch + 1
-        atomic_write(
-            aum_path,
-            lambda f, e=epoch_done: np.savez(f, aum_sum=aum_sum, aum_count=aum_count, epoch=e),
-            mode="wb",
-        )
+        saved = {
+            "aum_sum": aum_sum,
+            "aum_count": aum_count,
+            "p_t_history": np.asarray(p_t_history, np.float16).reshape(-1, num_train),
+            "epoch": epoch + 1,
+        }
+        atomic_write(record_path, lambda f, saved=saved: np.savez(f, **saved), mode="wb")
         log(
             f"{tag + ' ' if tag else ''}epoch {epoch + 1}/{cfg.epochs}: loss "
             f"{record['train_loss']:.4f}, noisy-label acc {record['train_accuracy_noisy']:.4f}, "
@@ -349,6 +364,20 @@ def fit(
         )
     manager.wait_until_finished()
     return Fitted(state, run_eval, aum_sum, aum_count, test_accuracy(state))
+
+
+def _epoch_detection(
+    out: dict[str, np.ndarray], labels: np.ndarray, is_corrupted: np.ndarray
+) -> dict[str, float]:
+    """This epoch's in-sample detection scores (to watch memorisation set in)."""
+    flagged, score = detection.predicted_neq_given(out["probs"], labels)
+    return {
+        "f1_argmax_neq_given": metrics.detection_metrics(is_corrupted, flagged)["f1"],
+        "auroc_1_minus_pt": metrics.ranking_metrics(is_corrupted, score)["auroc"],
+        "memorised_fraction": float(np.mean(out["pred"][is_corrupted] == labels[is_corrupted]))
+        if is_corrupted.any()
+        else 0.0,
+    }
 
 
 def fold_assignment(key: jax.Array, num_examples: int, folds: int) -> np.ndarray:
@@ -528,7 +557,7 @@ def train_and_evaluate(
     else:
         fitted = fit_run(
             data["images"], data["given_label"], num_classes=data["num_classes"],
-            keys=_run_keys(base_key, None),
+            keys=_run_keys(base_key, None), is_corrupted=data["is_corrupted"],
         )  # fmt: skip
         # Per-example outputs on the training set, scored against the labels trained on.
         out = fitted.evaluate(

@@ -25,8 +25,13 @@ def test_run_writes_every_output(tmp_path, capsys):
         lines[0]
     )
     assert lines[0]["frac_low_weight"] == 0.0  # Cross-entropy during the delay.
+    # The training set is scored after every epoch; its p_t history is kept.
+    assert {"f1_argmax_neq_given", "auroc_1_minus_pt", "memorised_fraction"} <= set(lines[-1])
+    history = np.load(workdir / "train_record.npz")["p_t_history"]
+    assert history.shape == (3, 1500)
     pred = np.load(workdir / "predictions.npz")
     n = 1500
+    np.testing.assert_allclose(history[-1], pred["p_t"], atol=1e-3)  # Last epoch = final pass.
     for name in ("p_t", "margin", "pred", "weight", "given_label", "true_label", "is_corrupted"):
         assert pred[name].shape == (n,), name
     assert pred["probs"].shape == (n, 10)
@@ -133,7 +138,7 @@ def test_aum_detector_two_runs_with_disjoint_threshold_examples(tmp_path):
     # 28, the last incomplete batch dropped); an example never trained on has no AUM (NaN).
     counts = []
     for r in range(2):
-        saved = np.load(workdir / f"aum_aum{r}.npz")
+        saved = np.load(workdir / f"train_record_aum{r}.npz")
         assert int(saved["epoch"]) == 2 and set(np.unique(saved["aum_count"])) <= {0, 1, 2}
         assert saved["aum_count"].sum() == 2 * (n // 64) * 64
         counts.append(saved["aum_count"])

@@ -1,0 +1,250 @@
+"""A grid of runs: losses (with hyperparameters) x delays x noise x detectors x seeds.
+
+    python -m experiments.sweep --workdir=workdir/sweep                 # the full default grid
+    python -m experiments.sweep --losses="ce;power:gamma=0.5" --noise=symmetric:0.2 \\
+        --detectors=pt --seeds=0,1,2 -- --epochs=20 --train-size=10000
+    python -m experiments.sweep --dry-run                               # list the cells
+
+Flags after ``--`` go to every run (``python -m experiments.run --help``). Every cell is
+validated before any work starts. A cell whose ``summary.json`` exists is not re-run, so a killed
+sweep resumes where it stopped. After each cell, ``results.csv`` (one row per cell and detector)
+and ``results.md`` (mean ± std over seeds) are rewritten atomically from every finished cell.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import io
+import itertools
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from robust_losses_jax import xla_setup
+
+xla_setup.configure_cpu()  # Before JAX starts its backends.
+
+from experiments import compare  # noqa: E402
+
+DEFAULT_LOSSES = (
+    "ce;focal:gamma=2;gce;sce;nce_rce;power:gamma=0.5;power:gamma=1;power:gamma=2;"
+    "cutoff:tau=0.05;cutoff:tau=0.1;cutoff:tau=0.2"
+)
+DEFAULT_NOISE = "symmetric:0.1,symmetric:0.2,symmetric:0.4,asymmetric:0.2"
+COLUMNS = (
+    "loss", "hparams", "delay", "noise_kind", "noise_rate", "protocol", "seed", "detector",
+    "f1", "precision", "recall", "balanced_accuracy", "num_flagged", "auroc",
+    "average_precision", "precision_at_k", "test_accuracy", "memorised_fraction", "cell",
+)  # fmt: skip
+METRICS = ("f1", "balanced_accuracy", "precision", "recall", "auroc", "test_accuracy")
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    loss: str
+    hparams: tuple[tuple[str, float], ...]
+    delay: str  # "default" or an int as text.
+    noise_kind: str
+    noise_rate: float
+    protocol: str  # The runner's --detector: pt, cl, aum.
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return (
+            f"{compare.run_name(self.loss, dict(self.hparams))}_d{self.delay}_"
+            f"{self.noise_kind}{self.noise_rate:g}_{self.protocol}_s{self.seed}"
+        )
+
+    def flags(self) -> list[str]:
+        out = [f"--loss={self.loss}", f"--noise-kind={self.noise_kind}",
+               f"--noise-rate={self.noise_rate}", f"--detector={self.protocol}",
+               f"--seed={self.seed}", "--no-progress"]  # fmt: skip
+        out += [f"--{k.replace('_', '-')}={v}" for k, v in self.hparams]
+        if self.delay != "default":
+            out.append(f"--delay={self.delay}")
+        return out
+
+
+def parse_noise(text: str) -> list[tuple[str, float]]:
+    """``"symmetric:0.2,asymmetric:0.2"`` -> ``[("symmetric", 0.2), ("asymmetric", 0.2)]``."""
+    out = []
+    for item in filter(None, (x.strip() for x in text.split(","))):
+        kind, sep, rate = item.partition(":")
+        try:
+            out.append((kind, float(rate)))
+        except ValueError:
+            raise ValueError(
+                f"noise setting {item!r} must be kind:rate, e.g. symmetric:0.2"
+            ) from None
+        if not sep:
+            raise ValueError(f"noise setting {item!r} must be kind:rate, e.g. symmetric:0.2")
+    return out
+
+
+def grid(args: argparse.Namespace) -> list[Cell]:
+    """The cells, with ``delay`` values that resolve to the same delay for a loss merged."""
+    from robust_losses_jax import config as config_lib
+    from robust_losses_jax import losses as losses_lib
+
+    cells, seen = [], set()
+    for (loss, hparams), delay, (kind, rate), protocol, seed in itertools.product(
+        compare.parse_losses(args.losses),
+        [d.strip() for d in args.delays.split(",") if d.strip()],
+        parse_noise(args.noise),
+        [d.strip() for d in args.detectors.split(",") if d.strip()],
+        [int(s) for s in args.seeds.split(",") if s.strip()],
+    ):
+        if delay != "default":
+            try:
+                int(delay)
+            except ValueError:
+                raise ValueError(f"delay {delay!r} must be 'default' or an int") from None
+        robust = losses_lib.canonical_name(loss) in config_lib.DELAYED_BY_DEFAULT
+        default_delay = config_lib.DEFAULT_DELAY_EPOCHS if robust else 0
+        resolved = default_delay if delay == "default" else int(delay)
+        key = (loss, tuple(sorted(hparams.items())), resolved, kind, rate, protocol, seed)
+        if key in seen:
+            continue
+        seen.add(key)
+        cells.append(Cell(loss, tuple(sorted(hparams.items())), str(resolved), kind, rate,
+                          protocol, seed))  # fmt: skip
+    return cells
+
+
+def cell_rows(cell: Cell, summary: dict) -> list[dict]:
+    """One row per decision detector of a finished cell."""
+    detection = summary["detection"]
+    rows = []
+    for name, scores in detection.items():
+        if name.startswith("ranking") or "f1" not in scores:
+            continue
+        ranking = scores if "auroc" in scores else detection["ranking_1_minus_pt"]
+        rows.append({
+            "loss": cell.loss, "hparams": json.dumps(dict(cell.hparams)), "delay": cell.delay,
+            "noise_kind": cell.noise_kind, "noise_rate": cell.noise_rate,
+            "protocol": cell.protocol, "seed": cell.seed, "detector": name,
+            **{k: scores[k] for k in ("f1", "precision", "recall", "balanced_accuracy",
+                                      "num_flagged")},
+            **{k: ranking[k] for k in ("auroc", "average_precision", "precision_at_k")},
+            "test_accuracy": summary["test_accuracy"],
+            "memorised_fraction": summary["memorised_fraction"], "cell": cell.name,
+        })  # fmt: skip
+    return rows
+
+
+def results_markdown(rows: list[dict]) -> str:
+    """Mean ± std over seeds per (loss, hparams, delay, noise, protocol, detector)."""
+    import numpy as np
+
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for row in rows:
+        key = tuple(row[k] for k in ("noise_kind", "noise_rate", "loss", "hparams", "delay",
+                                     "protocol", "detector"))  # fmt: skip
+        groups[key].append(row)
+    lines = ["| noise | loss | delay | protocol | detector | seeds | "
+             + " | ".join(METRICS) + " |",
+             "|" + "---|" * (6 + len(METRICS))]  # fmt: skip
+    for key in sorted(groups, key=lambda k: (k[0], k[1], -np.mean([r["f1"] for r in groups[k]]))):
+        kind, rate, loss, hparams, delay, protocol, detector = key
+        group = groups[key]
+        cells = []
+        for metric in METRICS:
+            values = np.array([float(r[metric]) for r in group])
+            cells.append(f"{values.mean():.3f} ± {values.std():.3f}")
+        hp = ",".join(f"{k}={v:g}" for k, v in json.loads(hparams).items())
+        name = f"{loss} {hp}" if hp else loss
+        lines.append(
+            f"| {kind} {float(rate):g} | {name} | {delay} | {protocol} | {detector} | "
+            f"{len(group)} | " + " | ".join(cells) + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_results(workdir: Path, cells: list[Cell]) -> list[dict]:
+    from robust_losses_jax import experiment
+
+    rows = []
+    for cell in cells:
+        path = workdir / cell.name / "summary.json"
+        if path.exists():
+            rows.extend(cell_rows(cell, json.loads(path.read_text())))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    experiment.atomic_write(workdir / "results.csv", lambda f: f.write(buffer.getvalue()))
+    text = "Mean ± std over seeds; one row per detector of each protocol.\n\n"
+    experiment.atomic_write(
+        workdir / "results.md", lambda f: f.write(text + results_markdown(rows))
+    )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    run_flags: list[str] = []
+    if "--" in argv:
+        split = argv.index("--")
+        argv, run_flags = argv[:split], argv[split + 1 :]
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", default="workdir/sweep")
+    parser.add_argument("--losses", default=DEFAULT_LOSSES)
+    parser.add_argument("--delays", default="default,0", help="'default' and/or ints (epochs)")
+    parser.add_argument("--noise", default=DEFAULT_NOISE, help="kind:rate,...")
+    parser.add_argument("--detectors", default="pt,cl", help="runner protocols: pt, cl, aum")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--dry-run", action="store_true", help="list the cells and stop")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    args = parser.parse_args(argv)
+
+    import jax
+
+    from experiments import run
+    from robust_losses_jax import config as config_lib
+    from robust_losses_jax import experiment
+
+    try:
+        cells = grid(args)
+        if not cells:
+            raise ValueError("the grid is empty")
+        configs = {}
+        for cell in cells:  # Every cell is checked before any work starts.
+            cfg = run.build_config(run.parse_args([*cell.flags(), *run_flags]))
+            config_lib.validate(cfg, num_devices=jax.local_device_count())
+            configs[cell] = cfg
+    except (ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except SystemExit as error:  # argparse rejected a run flag (it printed why).
+        return int(error.code or 2)
+    workdir = Path(args.workdir)
+    todo = [c for c in cells if not (workdir / c.name / "summary.json").exists()]
+    print(f"{len(cells)} cells, {len(cells) - len(todo)} finished, {len(todo)} to run")
+    if args.dry_run:
+        print("\n".join(c.name for c in todo))
+        return 0
+    workdir.mkdir(parents=True, exist_ok=True)
+    for cell in _progress(todo, args.progress):
+        experiment.train_and_evaluate(
+            configs[cell], workdir / cell.name, progress=False, resume=True, log=lambda _: None
+        )
+        write_results(workdir, cells)
+    rows = write_results(workdir, cells)
+    print(f"{len(rows)} rows in {workdir / 'results.csv'}; table in {workdir / 'results.md'}")
+    return 0
+
+
+def _progress(items: list, enabled: bool):
+    if not enabled:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc="sweep", unit="run")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
