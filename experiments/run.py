@@ -86,6 +86,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--data-dir", default=None, help="tfds data directory")
     add("--workdir", default="workdir/run")
     add("--resume", action="store_true", help="continue from the latest checkpoint")
+    add("--overwrite", action="store_true", help="replace a run already in --workdir")
     add("--progress", action=argparse.BooleanOptionalAction, default=True)
     return p.parse_args(argv)
 
@@ -120,12 +121,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = build_config(args)
         config_lib.validate(cfg, num_devices=jax.local_device_count())
+        experiment.check_workdir(cfg, args.workdir, resume=args.resume, overwrite=args.overwrite)
     except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     summary = experiment.train_and_evaluate(
-        cfg, args.workdir, data_dir=args.data_dir, resume=args.resume, progress=args.progress
-    )
+        cfg, args.workdir, data_dir=args.data_dir, resume=args.resume, overwrite=args.overwrite,
+        progress=args.progress,
+    )  # fmt: skip
     print(experiment.one_line_summary(cfg, summary))
     return 0
 

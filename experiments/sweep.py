@@ -7,8 +7,10 @@
 
 Flags after ``--`` go to every run (``python -m experiments.run --help``). Every cell is
 validated before any work starts. A cell whose ``summary.json`` exists is not re-run, so a killed
-sweep resumes where it stopped. After each cell, ``results.csv`` (one row per cell and detector)
-and ``results.md`` (mean ± std over seeds) are rewritten atomically from every finished cell.
+sweep resumes where it stopped. After each cell, ``results.csv`` (one row per run and detector)
+and ``results.md`` (mean ± std over seeds) are rewritten atomically from every finished run in
+the workdir (so several sweeps into one workdir add up; runs whose dataset, model, epochs or
+train size differ are never averaged together).
 """
 
 from __future__ import annotations
@@ -27,19 +29,53 @@ from robust_losses_jax import xla_setup
 
 xla_setup.configure_cpu()  # Before JAX starts its backends.
 
-from experiments import compare  # noqa: E402
-
 DEFAULT_LOSSES = (
     "ce;focal:gamma=2;gce;sce;nce_rce;power:gamma=0.5;power:gamma=1;power:gamma=2;"
     "cutoff:tau=0.05;cutoff:tau=0.1;cutoff:tau=0.2"
 )
 DEFAULT_NOISE = "symmetric:0.1,symmetric:0.2,symmetric:0.4,asymmetric:0.2"
+# Settings besides the grid's axes that make runs incomparable: grouped on, never averaged over.
+SETTINGS = ("dataset", "model", "epochs", "train_size")
 COLUMNS = (
-    "loss", "hparams", "delay", "noise_kind", "noise_rate", "protocol", "seed", "detector",
+    *SETTINGS, "loss", "hparams", "delay", "noise_kind", "noise_rate", "protocol", "seed",
+    "detector",
     "f1", "precision", "recall", "balanced_accuracy", "num_flagged", "auroc",
     "average_precision", "precision_at_k", "test_accuracy", "memorised_fraction", "cell",
 )  # fmt: skip
-METRICS = ("f1", "balanced_accuracy", "precision", "recall", "auroc", "test_accuracy")
+METRICS = (
+    "f1",
+    "balanced_accuracy",
+    "precision",
+    "recall",
+    "auroc",
+    "precision_at_k",
+    "test_accuracy",
+    "memorised_fraction",
+)
+
+
+def parse_losses(text: str) -> list[tuple[str, dict[str, float]]]:
+    """``"ce;power:gamma=2,tau=0.1"`` -> ``[("ce", {}), ("power", {"gamma": 2.0, "tau": 0.1})]``."""
+    out = []
+    for item in filter(None, (part.strip() for part in text.replace(";", "\n").splitlines())):
+        name, _, params = item.partition(":")
+        hparams = {}
+        for pair in filter(None, params.split(",")):
+            key, eq, value = pair.partition("=")
+            if not eq:
+                raise ValueError(f"loss hyperparameter {pair!r} in {item!r} must be key=value.")
+            try:
+                hparams[key.strip()] = float(value)
+            except ValueError:
+                raise ValueError(
+                    f"loss hyperparameter {pair!r} in {item!r} is not a number."
+                ) from None
+        out.append((name.strip(), hparams))
+    return out
+
+
+def run_name(name: str, hparams: dict[str, float]) -> str:
+    return "_".join([name, *(f"{k}{v:g}" for k, v in sorted(hparams.items()))])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +91,7 @@ class Cell:
     @property
     def name(self) -> str:
         return (
-            f"{compare.run_name(self.loss, dict(self.hparams))}_d{self.delay}_"
+            f"{run_name(self.loss, dict(self.hparams))}_d{self.delay}_"
             f"{self.noise_kind}{self.noise_rate:g}_{self.protocol}_s{self.seed}"
         )
 
@@ -92,7 +128,7 @@ def grid(args: argparse.Namespace) -> list[Cell]:
 
     cells, seen = [], set()
     for (loss, hparams), delay, (kind, rate), protocol, seed in itertools.product(
-        compare.parse_losses(args.losses),
+        parse_losses(args.losses),
         [d.strip() for d in args.delays.split(",") if d.strip()],
         parse_noise(args.noise),
         [d.strip() for d in args.detectors.split(",") if d.strip()],
@@ -115,23 +151,25 @@ def grid(args: argparse.Namespace) -> list[Cell]:
     return cells
 
 
-def cell_rows(cell: Cell, summary: dict) -> list[dict]:
-    """One row per decision detector of a finished cell."""
+def run_rows(config: dict, summary: dict, name: str) -> list[dict]:
+    """One row per decision detector of a finished run (its ``config.json`` and summary)."""
     detection = summary["detection"]
     rows = []
-    for name, scores in detection.items():
-        if name.startswith("ranking") or "f1" not in scores:
+    for detector, scores in detection.items():
+        if detector.startswith("ranking") or "f1" not in scores:
             continue
         ranking = scores if "auroc" in scores else detection["ranking_1_minus_pt"]
         rows.append({
-            "loss": cell.loss, "hparams": json.dumps(dict(cell.hparams)), "delay": cell.delay,
-            "noise_kind": cell.noise_kind, "noise_rate": cell.noise_rate,
-            "protocol": cell.protocol, "seed": cell.seed, "detector": name,
+            **{k: config[k] for k in SETTINGS},
+            "loss": config["loss"], "hparams": json.dumps(config["loss_hparams"], sort_keys=True),
+            "delay": config["delay_epochs"], "noise_kind": config["noise_kind"],
+            "noise_rate": config["noise_rate"], "protocol": config.get("detector", "pt"),
+            "seed": config["seed"], "detector": detector,
             **{k: scores[k] for k in ("f1", "precision", "recall", "balanced_accuracy",
                                       "num_flagged")},
             **{k: ranking[k] for k in ("auroc", "average_precision", "precision_at_k")},
             "test_accuracy": summary["test_accuracy"],
-            "memorised_fraction": summary["memorised_fraction"], "cell": cell.name,
+            "memorised_fraction": summary["memorised_fraction"], "cell": name,
         })  # fmt: skip
     return rows
 
@@ -142,14 +180,18 @@ def results_markdown(rows: list[dict]) -> str:
 
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for row in rows:
-        key = tuple(row[k] for k in ("noise_kind", "noise_rate", "loss", "hparams", "delay",
-                                     "protocol", "detector"))  # fmt: skip
+        key = tuple(str(row[k]) for k in ("noise_kind", "noise_rate", "loss", "hparams", "delay",
+                                          "protocol", "detector", *SETTINGS))  # fmt: skip
         groups[key].append(row)
-    lines = ["| noise | loss | delay | protocol | detector | seeds | "
+    settings = sorted({tuple(str(r[k]) for k in SETTINGS) for r in rows})
+    header = "; ".join(", ".join(f"{k}={v}" for k, v in zip(SETTINGS, x, strict=True))
+                       for x in settings)  # fmt: skip
+    lines = [f"Settings: {header}", "",
+             "| noise | loss | delay | protocol | detector | seeds | "
              + " | ".join(METRICS) + " |",
              "|" + "---|" * (6 + len(METRICS))]  # fmt: skip
     for key in sorted(groups, key=lambda k: (k[0], k[1], -np.mean([r["f1"] for r in groups[k]]))):
-        kind, rate, loss, hparams, delay, protocol, detector = key
+        kind, rate, loss, hparams, delay, protocol, detector = key[:7]
         group = groups[key]
         cells = []
         for metric in METRICS:
@@ -164,23 +206,22 @@ def results_markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_results(workdir: Path, cells: list[Cell]) -> list[dict]:
+def write_results(workdir: Path) -> list[dict]:
+    """``results.csv`` and ``results.md`` from every finished run in ``workdir`` (any sweep)."""
     from robust_losses_jax import experiment
 
     rows = []
-    for cell in cells:
-        path = workdir / cell.name / "summary.json"
-        if path.exists():
-            rows.extend(cell_rows(cell, json.loads(path.read_text())))
+    for path in sorted(workdir.glob("*/summary.json")):
+        config = json.loads((path.parent / "config.json").read_text())
+        rows.extend(run_rows(config, json.loads(path.read_text()), path.parent.name))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
     writer.writeheader()
     writer.writerows(rows)
     experiment.atomic_write(workdir / "results.csv", lambda f: f.write(buffer.getvalue()))
     text = "Mean ± std over seeds; one row per detector of each protocol.\n\n"
-    experiment.atomic_write(
-        workdir / "results.md", lambda f: f.write(text + results_markdown(rows))
-    )
+    table = text + results_markdown(rows)
+    experiment.atomic_write(workdir / "results.md", lambda f: f.write(table))
     return rows
 
 
@@ -207,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     from robust_losses_jax import config as config_lib
     from robust_losses_jax import experiment
 
+    workdir = Path(args.workdir)
     try:
         cells = grid(args)
         if not cells:
@@ -215,13 +257,14 @@ def main(argv: list[str] | None = None) -> int:
         for cell in cells:  # Every cell is checked before any work starts.
             cfg = run.build_config(run.parse_args([*cell.flags(), *run_flags]))
             config_lib.validate(cfg, num_devices=jax.local_device_count())
+            # A cell's folder holding a run with other settings is refused, not mixed in.
+            experiment.check_workdir(cfg, workdir / cell.name, resume=True, overwrite=False)
             configs[cell] = cfg
     except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except SystemExit as error:  # argparse rejected a run flag (it printed why).
         return int(error.code or 2)
-    workdir = Path(args.workdir)
     todo = [c for c in cells if not (workdir / c.name / "summary.json").exists()]
     print(f"{len(cells)} cells, {len(cells) - len(todo)} finished, {len(todo)} to run")
     if args.dry_run:
@@ -232,8 +275,8 @@ def main(argv: list[str] | None = None) -> int:
         experiment.train_and_evaluate(
             configs[cell], workdir / cell.name, progress=False, resume=True, log=lambda _: None
         )
-        write_results(workdir, cells)
-    rows = write_results(workdir, cells)
+        write_results(workdir)
+    rows = write_results(workdir)
     print(f"{len(rows)} rows in {workdir / 'results.csv'}; table in {workdir / 'results.md'}")
     return 0
 

@@ -171,6 +171,57 @@ def _tqdm(iterable: Iterable, enabled: bool, **kwargs) -> Iterable:
     return tqdm(iterable, **kwargs)
 
 
+# What a run writes into its workdir (``clear_outputs`` removes exactly these).
+OUTPUT_PATTERNS = ("config.json", "metrics.jsonl", "predictions.npz", "summary.json",
+                   "fold*.npz", "train_record*.npz", "checkpoints", "checkpoints_*")  # fmt: skip
+# Config fields a resumed run may change: training can be extended.
+RESUMABLE_CHANGES = ("epochs",)
+
+
+def check_workdir(
+    cfg: config_lib.Config, workdir: str | Path, *, resume: bool, overwrite: bool
+) -> None:
+    """Refuse a workdir that holds another run, before any work (``ValueError``, one line).
+
+    A workdir with a ``config.json`` is taken only with ``overwrite`` (the old run is removed),
+    or with ``resume`` when the configs agree except for ``epochs``.
+    """
+    if resume and overwrite:
+        raise ValueError("--resume and --overwrite exclude each other; pass one.")
+    path = Path(workdir) / "config.json"
+    if overwrite or not path.exists():
+        return
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(
+            f"{path} is unreadable ({error}); pass --overwrite to replace it."
+        ) from None
+    new = cfg.to_json()
+    differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if not resume:
+        raise ValueError(
+            f"workdir {workdir} already holds a run; pass --resume to continue it or --overwrite "
+            "to replace it."
+        )
+    blocking = [k for k in differ if k not in RESUMABLE_CHANGES]
+    if blocking:
+        changes = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in blocking)
+        raise ValueError(
+            f"workdir {workdir} holds a run with a different config ({changes}); --resume only "
+            "continues the same run (epochs may change); use another --workdir or --overwrite."
+        )
+
+
+def clear_outputs(workdir: Path) -> None:
+    """Remove a previous run's outputs from ``workdir`` (nothing else)."""
+    import shutil
+
+    for pattern in OUTPUT_PATTERNS:
+        for path in Path(workdir).glob(pattern):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
 @dataclasses.dataclass(frozen=True)
 class Fitted:
     """One trained model and what its training recorded.
@@ -508,6 +559,7 @@ def train_and_evaluate(
     *,
     data_dir: str | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool = True,
     devices: list | None = None,
     log: Callable[[str], None] = print,
@@ -524,6 +576,7 @@ def train_and_evaluate(
       workdir: output directory (created).
       data_dir: tfds data directory.
       resume: continue from the latest checkpoint in ``workdir`` (and skip finished folds).
+      overwrite: replace a run already in ``workdir`` (see :func:`check_workdir`).
       progress: show progress bars.
       devices: devices to run on (default: all local devices).
       log: where one-line messages go.
@@ -535,10 +588,10 @@ def train_and_evaluate(
     config_lib.validate(cfg, num_devices=len(devices))
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    check_workdir(cfg, workdir, resume=resume, overwrite=overwrite)
+    if overwrite:
+        clear_outputs(workdir)
     write_json(workdir / "config.json", cfg.to_json())
-    if not resume:
-        for stale in ("metrics.jsonl", *(p.name for p in workdir.glob("fold*.npz"))):
-            (workdir / stale).unlink(missing_ok=True)  # A fresh run replaces an old one.
 
     data = noisy_training_data(cfg, data_dir)
     base_key = jax.random.key(cfg.seed)

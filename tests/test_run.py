@@ -150,3 +150,25 @@ def test_aum_detector_two_runs_with_disjoint_threshold_examples(tmp_path):
     assert aum["num_flagged"] == int(pred["is_flagged_aum"].sum()) > 0
     assert aum["auroc"] > 0.8  # Mislabelled examples have low margins.
     assert pred["probs"].shape == (n, 10)  # The fake class is not among the outputs.
+
+
+def test_a_workdir_holding_another_run_is_refused_unless_resume_or_overwrite(tmp_path, capsys):
+    workdir = tmp_path / "taken"
+    first = [*BASE, "--epochs=1", f"--workdir={workdir}"]
+    assert run.main(first) == 0
+    summary = (workdir / "summary.json").read_text()
+    capsys.readouterr()
+    for flags, message in [
+        ([], "already holds a run; pass --resume to continue it or --overwrite"),
+        (["--seed=4", "--resume"], "different config (seed: 3 -> 4)"),
+        (["--resume", "--overwrite"], "--resume and --overwrite exclude each other"),
+    ]:
+        assert run.main([*first, *flags]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
+        assert (workdir / "summary.json").read_text() == summary  # Untouched.
+    # --overwrite replaces it: one checkpoint, metrics of the new run only.
+    assert run.main([*first, "--loss=mae", "--overwrite"]) == 0
+    assert json.loads((workdir / "config.json").read_text())["loss"] == "mae"
+    assert len((workdir / "metrics.jsonl").read_text().splitlines()) == 1
+    assert len(list((workdir / "checkpoints").iterdir())) == 1
