@@ -125,10 +125,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    summary = experiment.train_and_evaluate(
-        cfg, args.workdir, data_dir=args.data_dir, resume=args.resume, overwrite=args.overwrite,
-        progress=args.progress,
-    )  # fmt: skip
+    try:
+        summary = experiment.train_and_evaluate(
+            cfg, args.workdir, data_dir=args.data_dir, resume=args.resume,
+            overwrite=args.overwrite, progress=args.progress,
+        )  # fmt: skip
+    except (experiment.NonFiniteError, experiment.CheckpointError) as error:
+        print(f"error: {error}", file=sys.stderr)  # One line; no summary was written.
+        return 1
     print(experiment.one_line_summary(cfg, summary))
     return 0
 

@@ -52,6 +52,36 @@ class NonFiniteError(RuntimeError):
     """Training produced a non-finite loss or gradient."""
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint that exists cannot be read back."""
+
+
+def restore_latest(manager: ocp.CheckpointManager, state: Any) -> Any:
+    """The latest finalised checkpoint restored into ``state``'s structure and shardings.
+
+    Orbax writes a checkpoint to a temporary folder and renames it when complete, and
+    ``latest_step`` only sees finalised ones, so a checkpoint half-written by a killed run is
+    never loaded. A finalised one that cannot be read (a truncated or altered file) raises
+    :class:`CheckpointError` naming it and the earlier checkpoints to fall back to.
+    """
+    step = manager.latest_step()
+    try:
+        return manager.restore(step, args=ocp.args.StandardRestore(state))
+    except Exception as error:  # Orbax/tensorstore raise many types for a damaged file.
+        path = Path(manager.directory) / str(step)
+        earlier = [s for s in manager.all_steps() if s != step]
+        fallback = (
+            f"delete {path} to resume from step {max(earlier)} (checkpoints kept: "
+            f"{', '.join(map(str, sorted(earlier)))})"
+            if earlier
+            else "no earlier checkpoint is kept; pass --overwrite to start again"
+        )
+        reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+        raise CheckpointError(
+            f"checkpoint {path} cannot be restored ({type(error).__name__}: {reason}); {fallback}."
+        ) from error
+
+
 # --------------------------------------------------------------------------------------------------
 # Atomic outputs.
 # --------------------------------------------------------------------------------------------------
@@ -222,6 +252,18 @@ def clear_outputs(workdir: Path) -> None:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
+def _drop_epochs_after(path: Path, tag: str, epoch: int) -> None:
+    """Forget this run's logged epochs after ``epoch`` (they are trained again on resume)."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines()
+    kept = [
+        x for x in lines if json.loads(x).get("run", "") != tag or json.loads(x)["epoch"] <= epoch
+    ]
+    if len(kept) != len(lines):
+        atomic_write(path, lambda f: f.write("".join(x + "\n" for x in kept)))
+
+
 @dataclasses.dataclass(frozen=True)
 class Fitted:
     """One trained model and what its training recorded.
@@ -347,13 +389,14 @@ def fit(
     p_t_history: list[np.ndarray] = []
     start_epoch = 0
     if resume and manager.latest_step() is not None:
-        state = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(state))
+        state = restore_latest(manager, state)
         start_epoch = int(state.step) // steps_per_epoch
         if record_path.exists():
             with np.load(record_path) as saved:
                 if int(saved["epoch"]) == start_epoch:
                     aum_sum, aum_count = saved["aum_sum"], saved["aum_count"]
                     p_t_history = list(saved["p_t_history"])
+        _drop_epochs_after(workdir / "metrics.jsonl", tag, start_epoch)
         log(f"resumed {tag or 'run'} from epoch {start_epoch} (step {int(state.step)})")
 
     for epoch in range(start_epoch, cfg.epochs):

@@ -172,3 +172,37 @@ def test_a_workdir_holding_another_run_is_refused_unless_resume_or_overwrite(tmp
     assert json.loads((workdir / "config.json").read_text())["loss"] == "mae"
     assert len((workdir / "metrics.jsonl").read_text().splitlines()) == 1
     assert len(list((workdir / "checkpoints").iterdir())) == 1
+
+
+def test_non_finite_training_stops_with_epoch_step_and_cause(tmp_path, capsys):
+    workdir = tmp_path / "diverged"
+    flags = [*BASE, "--epochs=2", "--optimizer=sgd", "--lr=1e30", f"--workdir={workdir}"]
+    assert run.main(flags) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "non-finite loss or gradient in epoch 1, step" in err and "learning rate 1e+30" in err
+    assert not (workdir / "summary.json").exists() and not (workdir / "predictions.npz").exists()
+
+
+def test_a_damaged_checkpoint_names_itself_and_the_fallback(tmp_path, capsys):
+    workdir = tmp_path / "damaged"
+    flags = [*BASE, "--epochs=2", f"--workdir={workdir}"]
+    assert run.main(flags) == 0
+    steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    latest = workdir / "checkpoints" / str(steps[-1])
+    for path in latest.rglob("*"):
+        if path.is_file() and path.stat().st_size > 0:
+            path.write_bytes(b"\0" * 7)  # Damage every file of the latest checkpoint.
+    capsys.readouterr()
+    assert run.main([*flags, "--epochs=3", "--resume"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert f"checkpoint {latest} cannot be restored" in err
+    assert f"delete {latest} to resume from step {steps[-2]}" in err
+    # Following the advice works.
+    import shutil
+
+    shutil.rmtree(latest)
+    assert run.main([*flags, "--epochs=3", "--resume"]) == 0
+    lines = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines] == [1, 2, 3]  # Epoch 2, trained again, logged once.
