@@ -17,6 +17,7 @@ Every file is written to a temporary name and renamed, so a killed run leaves no
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -319,8 +320,9 @@ def fit(
         ``1 - p_t`` and memorised fraction (corrupted examples predicted as their noisy label).
       resume: continue from the latest checkpoint of this run.
 
-    Per-example training records (margins for AUM, ``p_t`` history) are written with each
-    checkpoint to ``train_record.npz`` (``train_record_<tag>.npz``) so a resumed run keeps them.
+    Per-example training records, one row per epoch (``margin_sum_history``,
+    ``margin_count_history`` for AUM; ``p_t_history``), are written before each checkpoint to
+    ``train_record.npz`` (``train_record_<tag>.npz``), so a resumed run keeps them.
     """
     num_train = len(labels)
     if num_train < cfg.batch_size:
@@ -385,17 +387,22 @@ def fit(
         ),
     )
     record_path = workdir / f"train_record{suffix}.npz"
-    aum_sum, aum_count = np.zeros(num_train, np.float64), np.zeros(num_train, np.int64)
-    p_t_history: list[np.ndarray] = []
+    # Per epoch: margin sums and counts of each example (AUM), and p_t when tracked. Written
+    # before the epoch's checkpoint, so a run killed in between finds every epoch it resumes
+    # from (and ignores the ones after).
+    history: dict[str, list[np.ndarray]] = {"margin_sum": [], "margin_count": [], "p_t": []}
     start_epoch = 0
     if resume and manager.latest_step() is not None:
         state = restore_latest(manager, state)
         start_epoch = int(state.step) // steps_per_epoch
-        if record_path.exists():
-            with np.load(record_path) as saved:
-                if int(saved["epoch"]) == start_epoch:
-                    aum_sum, aum_count = saved["aum_sum"], saved["aum_count"]
-                    p_t_history = list(saved["p_t_history"])
+        with np.load(record_path) if record_path.exists() else contextlib.nullcontext({}) as saved:
+            for name in history:
+                history[name] = list(saved.get(f"{name}_history", []))[:start_epoch]
+        if len(history["margin_sum"]) != start_epoch:
+            raise CheckpointError(
+                f"{record_path} holds {len(history['margin_sum'])} epochs of training records, "
+                f"fewer than the checkpoint's {start_epoch}; pass --overwrite to start again."
+            )
         _drop_epochs_after(workdir / "metrics.jsonl", tag, start_epoch)
         log(f"resumed {tag or 'run'} from epoch {start_epoch} (step {int(state.step)})")
 
@@ -421,9 +428,12 @@ def fit(
                 f"{cfg.lr:g} too high for {cfg.optimizer}. The last good checkpoint is kept in "
                 f"{workdir / f'checkpoints{suffix}'}; no summary was written."
             )
+        margin_sum, margin_count = np.zeros(num_train, np.float32), np.zeros(num_train, np.uint8)
         for m in step_metrics:
-            np.add.at(aum_sum, m["index"], m["margin"])
-            np.add.at(aum_count, m["index"], 1)
+            np.add.at(margin_sum, m["index"], m["margin"])
+            np.add.at(margin_count, m["index"], 1)
+        history["margin_sum"].append(margin_sum)
+        history["margin_count"].append(margin_count)
         scalars = ("loss_sum", "correct", "low_weight", "count")
         totals = {k: float(sum(m[k] for m in step_metrics)) for k in scalars}
         record = {
@@ -438,18 +448,13 @@ def fit(
         }
         if is_corrupted is not None:
             out = run_eval(state, images, labels)
-            p_t_history.append(out["p_t"].astype(np.float16))
+            history["p_t"].append(out["p_t"].astype(np.float16))
             record.update(_epoch_detection(out, labels, is_corrupted))
         record["seconds"] = time.perf_counter() - started
-        append_jsonl(workdir / "metrics.jsonl", record)
-        manager.save(int(state.step), args=ocp.args.StandardSave(state))
-        saved = {
-            "aum_sum": aum_sum,
-            "aum_count": aum_count,
-            "p_t_history": np.asarray(p_t_history, np.float16).reshape(-1, num_train),
-            "epoch": epoch + 1,
-        }
+        saved = {f"{k}_history": np.asarray(v).reshape(-1, num_train) for k, v in history.items()}
         atomic_write(record_path, lambda f, saved=saved: np.savez(f, **saved), mode="wb")
+        manager.save(int(state.step), args=ocp.args.StandardSave(state))
+        append_jsonl(workdir / "metrics.jsonl", record)
         log(
             f"{tag + ' ' if tag else ''}epoch {epoch + 1}/{cfg.epochs}: loss "
             f"{record['train_loss']:.4f}, noisy-label acc {record['train_accuracy_noisy']:.4f}, "
@@ -457,6 +462,8 @@ def fit(
             f" ({record['seconds']:.1f}s)"
         )
     manager.wait_until_finished()
+    aum_sum = np.sum(history["margin_sum"], axis=0, dtype=np.float64).reshape(num_train)
+    aum_count = np.sum(history["margin_count"], axis=0, dtype=np.int64).reshape(num_train)
     return Fitted(state, run_eval, aum_sum, aum_count, test_accuracy(state))
 
 
