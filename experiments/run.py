@@ -94,7 +94,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def build_config(args: argparse.Namespace) -> Config:
     transition = None
     if args.transition:
-        transition = tuple(map(tuple, json.loads(Path(args.transition).read_text())))
+        try:
+            transition = tuple(map(tuple, json.loads(Path(args.transition).read_text())))
+        except (json.JSONDecodeError, TypeError) as error:
+            raise ValueError(
+                f"--transition {args.transition}: not a JSON [C, C] matrix ({error})."
+            ) from None
     return Config(
         dataset=args.dataset, model=args.model, loss=args.loss,
         loss_hparams={k: getattr(args, k) for k in LOSS_FLAGS if getattr(args, k) is not None},

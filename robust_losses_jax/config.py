@@ -6,6 +6,8 @@ import dataclasses
 import json
 from typing import Any
 
+import numpy as np
+
 from robust_losses_jax import losses
 
 # Losses that de-weight or drop examples from the start, and so collapse from random weights
@@ -138,6 +140,16 @@ def validate(config: Config, *, num_devices: int) -> None:
     for ok, message in checks:
         if not ok:
             raise ValueError(message + ".")
+    if config.transition is not None:
+        from robust_losses_jax import corruption
+
+        try:
+            matrix = np.asarray(config.transition, np.float64)
+        except ValueError:
+            raise ValueError("transition must be a square [C, C] matrix of numbers.") from None
+        if matrix.ndim != 2:
+            raise ValueError(f"transition must be a [C, C] matrix, got shape {list(matrix.shape)}.")
+        corruption.check_transition(matrix, matrix.shape[0])  # Square, rows >= 0, sum to 1.
     for name, size in (
         ("batch size", config.batch_size),
         ("eval batch size", config.eval_batch_size),

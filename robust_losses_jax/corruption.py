@@ -256,8 +256,8 @@ def _check_labels(labels: ArrayLike, num_classes: int) -> Array:
     return array.astype(jnp.int32)
 
 
-def _check_transition(transition: ArrayLike, num_classes: int) -> Array:
-    """T as float32 ``[C, C]``; concrete rows must be non-negative and sum to 1."""
+def check_transition(transition: ArrayLike, num_classes: int) -> Array:
+    """T as float32 ``[C, C]``; concrete rows must be >= 0 and sum to 1 (else ValueError)."""
     matrix = jnp.asarray(transition)
     if matrix.shape != (num_classes, num_classes):
         raise ValueError(
@@ -430,7 +430,7 @@ def corrupt_labels(
         # Indexed by the class counts inside, which may be traced: a table over every size.
         noisy = _asymmetric(key, labels, _flip_counts(rate, np.arange(n + 1)), target)
     else:
-        noisy = _transition(key, labels, _check_transition(transition, num_classes))
+        noisy = _transition(key, labels, check_transition(transition, num_classes))
     noisy = noisy.astype(jnp.int32)
     return noisy, noisy != labels
 

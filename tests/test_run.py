@@ -78,12 +78,33 @@ def test_same_seed_same_result_and_resume_matches(tmp_path):
      (["--epochs=0"], "epochs 0 must be >= 1"),
      (["--parallel=xmap"], "Unknown parallel mode 'xmap'"),
      (["--noise-kind=transition"], "needs a transition matrix"),
+     (["--noise-kind=transition", "--transition={T_NOT_STOCHASTIC}"],
+      "transition row 1 sums to 0.5"),
+     (["--noise-kind=transition", "--transition={T_NOT_SQUARE}"],
+      "transition must have shape [num_classes, num_classes] = [2, 2]; got [2, 3]"),
+     (["--noise-kind=transition", "--transition={T_NOT_JSON}"], "not a JSON [C, C] matrix"),
+     (["--noise-kind=transition", "--transition={T_MISSING}"], "No such file"),
+     (["--batch-size=60"], "batch size 60 is not a positive multiple of the device count 8"),
+     (["--lr=0"], "learning rate 0.0 must be > 0"),
+     (["--dtype=float16"], "Unknown dtype 'float16'"),
+     (["--lr-schedule=linear"], "Unknown lr schedule 'linear'"),
+     (["--train-size=-5"], "train size -5 must be >= 1"),
+     (["--pt-threshold=1"], "p_t threshold 1.0 must be in (0, 1)"),
      (["--detector=loss"], "Unknown detector 'loss'"),
      (["--detector=cl", "--folds=1"], "folds 1 must be >= 2"),
      (["--detector=cl", "--cl-filter-by=magic"], "Unknown cl filter_by 'magic'"),
      (["--detector=aum", "--aum-percentile=0"], "aum percentile 0.0 must be in (0, 100]")],
 )  # fmt: skip
 def test_bad_flags_exit_2_with_one_line_and_write_nothing(tmp_path, capsys, flags, message):
+    files = {
+        "T_NOT_STOCHASTIC": [[1.0, 0.0], [0.25, 0.25]],
+        "T_NOT_SQUARE": [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]],
+    }
+    paths = {name: tmp_path / f"{name}.json" for name in (*files, "T_NOT_JSON", "T_MISSING")}
+    for name, matrix in files.items():
+        paths[name].write_text(json.dumps(matrix))
+    paths["T_NOT_JSON"].write_text("[[1, 0], [0, 1")
+    flags = [f.format(**paths) for f in flags]
     workdir = tmp_path / "bad"
     assert run.main([*BASE, *flags, f"--workdir={workdir}"]) == 2
     err = capsys.readouterr().err.strip()
