@@ -88,6 +88,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--resume", action="store_true", help="continue from the latest checkpoint")
     add("--overwrite", action="store_true", help="replace a run already in --workdir")
     add("--progress", action=argparse.BooleanOptionalAction, default=True)
+    add(
+        "--coordinator-address",
+        default=None,
+        help="multi-host: host:port of process 0 (jax.distributed.initialize)",
+    )
+    add("--num-processes", type=int, default=None, help="multi-host: number of processes")
+    add("--process-id", type=int, default=None, help="multi-host: this process's index")
+    add(
+        "--distributed",
+        action="store_true",
+        help="multi-host with settings from the environment (TPU pod slices, SLURM)",
+    )
     return p.parse_args(argv)
 
 
@@ -120,12 +132,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import jax
 
+    if args.distributed or args.coordinator_address or (args.num_processes or 1) > 1:
+        try:
+            xla_setup.initialize_distributed(
+                args.coordinator_address, args.num_processes, args.process_id
+            )
+        except (ValueError, RuntimeError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+
     from robust_losses_jax import config as config_lib
     from robust_losses_jax import experiment
 
     try:
         cfg = build_config(args)
-        config_lib.validate(cfg, num_devices=jax.local_device_count())
+        config_lib.validate(cfg, num_devices=jax.device_count())
         experiment.check_workdir(cfg, args.workdir, resume=args.resume, overwrite=args.overwrite)
     except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -138,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     except (experiment.NonFiniteError, experiment.CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)  # One line; no summary was written.
         return 1
-    print(experiment.one_line_summary(cfg, summary))
+    if experiment.is_writer():
+        print(experiment.one_line_summary(cfg, summary))
     return 0
 
 

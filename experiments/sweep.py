@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         configs = {}
         for cell in cells:  # Every cell is checked before any work starts.
             cfg = run.build_config(run.parse_args([*cell.flags(), *run_flags]))
-            config_lib.validate(cfg, num_devices=jax.local_device_count())
+            config_lib.validate(cfg, num_devices=jax.device_count())
             # A cell's folder holding a run with other settings is refused, not mixed in.
             experiment.check_workdir(cfg, workdir / cell.name, resume=True, overwrite=False)
             configs[cell] = cfg

@@ -88,8 +88,26 @@ def restore_latest(manager: ocp.CheckpointManager, state: Any) -> Any:
 # --------------------------------------------------------------------------------------------------
 
 
+def is_writer() -> bool:
+    """Only process 0 writes outputs (every process computes them, in a multi-host run)."""
+    return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+    """Wait for every process (multi-host) before reading what process 0 wrote."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
 def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "w") -> None:
-    """Write ``path`` through a temporary file in the same directory, then rename it into place."""
+    """Write ``path`` through a temporary file in the same directory, then rename it into place.
+
+    On processes other than 0 (multi-host) it writes nothing.
+    """
+    if not is_writer():
+        return
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -245,9 +263,11 @@ def check_workdir(
 
 
 def clear_outputs(workdir: Path) -> None:
-    """Remove a previous run's outputs from ``workdir`` (nothing else)."""
+    """Remove a previous run's outputs from ``workdir`` (nothing else; process 0 only)."""
     import shutil
 
+    if not is_writer():
+        return
     for pattern in OUTPUT_PATTERNS:
         for path in Path(workdir).glob(pattern):
             shutil.rmtree(path) if path.is_dir() else path.unlink()
@@ -409,7 +429,12 @@ def fit(
     for epoch in range(start_epoch, cfg.epochs):
         started = time.perf_counter()
         order = input_pipeline.epoch_permutation(order_key, epoch, num_train)
-        batches = input_pipeline.train_batches(images, labels, order, cfg.batch_size, len(devices))
+        batches = (
+            input_pipeline.process_slice(batch, jax.process_index(), jax.process_count())
+            for batch in input_pipeline.train_batches(
+                images, labels, order, cfg.batch_size, len(devices)
+            )
+        )
         step_metrics = []
         desc = f"{tag + ' ' if tag else ''}epoch {epoch + 1}/{cfg.epochs}"
         for batch in _tqdm(
@@ -453,7 +478,7 @@ def fit(
         record["seconds"] = time.perf_counter() - started
         saved = {f"{k}_history": np.asarray(v).reshape(-1, num_train) for k, v in history.items()}
         atomic_write(record_path, lambda f, saved=saved: np.savez(f, **saved), mode="wb")
-        manager.save(int(state.step), args=ocp.args.StandardSave(state))
+        manager.save(int(state.step), args=ocp.args.StandardSave(train.to_global(state)))
         append_jsonl(workdir / "metrics.jsonl", record)
         log(
             f"{tag + ' ' if tag else ''}epoch {epoch + 1}/{cfg.epochs}: loss "
@@ -530,6 +555,7 @@ def _cross_validated(cfg, data, fit_run, workdir: Path, base_key, log) -> tuple[
             )
             out["test_accuracy"] = np.float64(fitted.test_accuracy)
             atomic_write(path, lambda f, out=out: np.savez(f, **out), mode="wb")
+            barrier(f"fold{fold} written")
         else:
             log(f"fold {fold}: outputs found in {path}, not re-trained")
         with np.load(path) as saved:
@@ -634,11 +660,14 @@ def train_and_evaluate(
     Returns:
       The summary (also written to ``summary.json``).
     """
-    devices = devices or jax.local_devices()
+    devices = devices or jax.devices()  # Every process's, in a multi-host run.
     config_lib.validate(cfg, num_devices=len(devices))
+    if not is_writer():
+        log, progress = (lambda _: None), False
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     check_workdir(cfg, workdir, resume=resume, overwrite=overwrite)
+    barrier("workdir checked")  # Before process 0 writes into it.
     if overwrite:
         clear_outputs(workdir)
     write_json(workdir / "config.json", cfg.to_json())

@@ -213,6 +213,25 @@ def train_batches(
         }
 
 
+def process_slice(batch: Batch, process_index: int = 0, process_count: int = 1) -> Batch:
+    """This process's part of a global device batch: ``[D, ...] -> [D / P, ...]``.
+
+    With several processes (multi-host), process ``p`` feeds the global devices
+    ``[p * D / P, (p + 1) * D / P)`` (its own, in ``jax.devices()`` order), so every device gets
+    the same rows whatever the number of processes: 2 processes x 4 devices train exactly like
+    1 process x 8. One process: the batch itself.
+    """
+    if process_count == 1:
+        return batch
+    num_devices = len(next(iter(batch.values())))
+    if num_devices % process_count:
+        raise ValueError(
+            f"{num_devices} devices do not split evenly over {process_count} processes."
+        )
+    local = num_devices // process_count
+    return {k: v[process_index * local : (process_index + 1) * local] for k, v in batch.items()}
+
+
 def num_train_batches(num_examples: int, global_batch: int) -> int:
     return num_examples // global_batch
 

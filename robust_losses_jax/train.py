@@ -327,8 +327,8 @@ PARALLEL_MODES = ("pmap", "shard_map")
 
 
 def data_mesh(devices: list | None = None) -> Mesh:
-    """A 1-D mesh with axis ``'data'`` over ``devices`` (default: all local devices)."""
-    return Mesh(np.asarray(devices or jax.local_devices()), (AXIS,))
+    """A 1-D mesh with axis ``'data'`` over ``devices`` (default: all devices, every process's)."""
+    return Mesh(np.asarray(devices or jax.devices()), (AXIS,))
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
@@ -341,8 +341,34 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Batches ``[D, b, ...]`` split along their leading axis, one slice per device."""
-    return NamedSharding(mesh, PartitionSpec(AXIS))
+    """Batches ``[D, b, ...]`` split along their leading axis, one slice per device.
+
+    Over this process's own devices of the mesh: with several processes each puts only its
+    slice of the batch (:func:`input_pipeline.process_slice`) on its devices.
+    """
+    local = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
+    return NamedSharding(Mesh(np.asarray(local), (AXIS,)), PartitionSpec(AXIS))
+
+
+def to_global(tree: Any) -> Any:
+    """Replicated per-process arrays (what the pmap'd step returns) as global arrays.
+
+    Orbax saves only global arrays when there are several processes; with one, a no-op.
+    """
+    if jax.process_count() == 1:
+        return tree
+    import orbax.checkpoint as ocp
+
+    return jax.tree.map(ocp.utils.fully_replicated_host_local_array_to_global_array, tree)
+
+
+def gather_outputs(tree: Any) -> Any:
+    """Per-device outputs ``[D_local, ...]`` of every process as host arrays ``[D, ...]``."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(tree, tiled=True)
 
 
 def parallelize(step_fn: Callable, mesh: Mesh, mode: str = "pmap", *, collective: bool = True):
@@ -410,9 +436,16 @@ def evaluate(
     sharding = batch_sharding(mesh)
     outputs: dict[str, list[np.ndarray]] = {}
     batches = input_pipeline.eval_batches(images, labels, batch_size, num_devices)
-    for batch in progress(input_pipeline.prefetch_to_devices(batches, sharding)):
-        mask = np.asarray(batch.pop("mask")).reshape(-1)
-        out = jax.device_get(eval_fn(state, batch, loss_hparams))
+    local = (
+        input_pipeline.process_slice(batch, jax.process_index(), jax.process_count())
+        for batch in batches
+    )
+    num_examples = len(labels)
+    for i, batch in enumerate(progress(input_pipeline.prefetch_to_devices(local, sharding))):
+        batch.pop("mask")
+        # The global batch's padding mask (every process's rows), as eval_batches pads.
+        mask = np.arange(i * batch_size, (i + 1) * batch_size) < num_examples
+        out = gather_outputs(eval_fn(state, batch, loss_hparams))
         for name, value in out.items():
             flat = np.asarray(value).reshape(-1, *np.shape(value)[2:])
             outputs.setdefault(name, []).append(flat[mask])

@@ -28,6 +28,31 @@ def cpu_flags(num_devices: int | None = None) -> list[str]:
     return flags
 
 
+def initialize_distributed(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> None:
+    """Join a multi-process (multi-host) run: ``jax.distributed.initialize``, before any JAX work.
+
+    With no arguments, JAX reads the cluster from the environment (TPU pod slices, SLURM,
+    Open MPI). On CPU, cross-process collectives go through gloo.
+    """
+    import jax
+
+    given = [x is not None for x in (coordinator_address, num_processes, process_id)]
+    if any(given) and not all(given):
+        raise ValueError(
+            "multi-host needs --coordinator-address, --num-processes and --process-id together "
+            "(or --distributed alone on a TPU pod slice)."
+        )
+    if num_processes is not None and not 0 <= process_id < num_processes:
+        raise ValueError(f"process id {process_id} must be in [0, {num_processes}).")
+    if "cpu" in os.environ.get("JAX_PLATFORMS", "cpu"):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+
+
 def configure_cpu(num_devices: int | None = None, environ: dict | None = None) -> str:
     """Add :func:`cpu_flags` to ``XLA_FLAGS`` (``os.environ`` by default), keeping what is set.
 

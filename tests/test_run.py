@@ -271,3 +271,54 @@ def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path, kill
     history = np.load(killed / "train_record.npz")
     for name in ref_history.files:
         np.testing.assert_array_equal(history[name], ref_history[name], err_msg=name)
+
+
+def test_two_processes_of_4_devices_equal_one_process_of_8(tmp_path):
+    """Multi-host on one machine: 2 CPU processes (jax.distributed, gloo) x 4 devices each, each
+    feeding its devices its slice of every batch and only process 0 writing, give the outputs of
+    one process with 8 devices."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from robust_losses_jax import xla_setup
+
+    flags = [*BASE, "--epochs=2", "--loss=power", "--gamma=0.5", "--delay=1"]
+    single = tmp_path / "single"
+    assert run.main([*flags, f"--workdir={single}"]) == 0  # conftest: 8 devices, one process.
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ)
+    env.pop("XLA_FLAGS", None)
+    xla_setup.configure_cpu(num_devices=4, environ=env)
+    multi = tmp_path / "multi"
+    processes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "experiments.run",
+                *flags,
+                f"--workdir={multi}",
+                f"--coordinator-address=127.0.0.1:{port}",
+                "--num-processes=2",
+                f"--process-id={i}",
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outputs = [p.communicate(timeout=400)[0] for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], outputs
+    assert "detection F1" in outputs[0] and "detection F1" not in outputs[1]  # Process 0 logs.
+    summary = json.loads((multi / "summary.json").read_text())
+    assert summary["devices"] == 8
+    want, got = np.load(single / "predictions.npz"), np.load(multi / "predictions.npz")
+    for name in want.files:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-5, err_msg=name)
