@@ -101,6 +101,13 @@ def validate(config: Config, *, num_devices: int) -> None:
             f"Unknown parallel mode {config.parallel!r}; "
             f"choose from {', '.join(train.PARALLEL_MODES)}."
         )
+    if config.parallel == "shard_map":
+        import jax
+
+        if jax.process_count() > 1:
+            raise ValueError(
+                f"--parallel=shard_map runs on one process, not {jax.process_count()}; use pmap."
+            )
     if config.noise_kind not in NOISE_KINDS:
         raise ValueError(
             f"Unknown noise kind {config.noise_kind!r}; choose from {', '.join(NOISE_KINDS)}."
