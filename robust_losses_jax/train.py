@@ -227,10 +227,11 @@ def train_step(
         batch["image"], batch["index"], key=jax.random.fold_in(key, 1), epoch=epoch,
         mean=mean, std=std, augment=config.augment,
     )  # fmt: skip
-    # Dropout differs per device and step (masks, unlike augmentation, depend on the device count).
-    dropout_key = jax.random.fold_in(
-        jax.random.fold_in(jax.random.fold_in(key, 2), state.step), jax.lax.axis_index(axis_name)
-    )
+    # One dropout key per step for all devices; each device draws the rows of the global batch
+    # it holds (offset), so masks do not depend on the device count. (The trailing fold_in(0)
+    # keeps one-device runs identical to earlier versions, which folded in the device index.)
+    dropout_key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, 2), state.step), 0)
+    example_offset = jax.lax.axis_index(axis_name) * batch["label"].shape[0]
     loss_fn, weight_fn = _loss_at_step(config, state.step, loss_hparams)
     labels = batch["label"]
     has_bn = bool(jax.tree.leaves(state.batch_stats))
@@ -241,10 +242,13 @@ def train_step(
             variables["batch_stats"] = state.batch_stats
             logits, updates = state.apply_fn(
                 variables, images, train=True, rngs={"dropout": dropout_key},
-                mutable=["batch_stats"],
+                mutable=["batch_stats"], example_offset=example_offset,
             )  # fmt: skip
         else:
-            logits = state.apply_fn(variables, images, train=True, rngs={"dropout": dropout_key})
+            logits = state.apply_fn(
+                variables, images, train=True, rngs={"dropout": dropout_key},
+                example_offset=example_offset,
+            )  # fmt: skip
             updates = {}
         per_example = loss_fn(logits, labels)
         loss = jnp.mean(per_example)

@@ -19,10 +19,10 @@ def digits():
 
 
 def run_steps(split, mean, std, *, model_name, num_devices, mode, loss="power", steps=4,
-              lr=0.05, batch=64, config_kwargs=None, traces=None):  # fmt: skip
+              lr=0.05, batch=64, config_kwargs=None, traces=None, model_kwargs=None):  # fmt: skip
     devices = jax.local_devices()[:num_devices]
     mesh = train.data_mesh(devices)
-    model = models.get_model(model_name, 10, bn_axis_name=train.AXIS)
+    model = models.get_model(model_name, 10, bn_axis_name=train.AXIS, **(model_kwargs or {}))
     tx = train.make_optimizer("sgd", lr, total_steps=100)
     state = train.create_train_state(jax.random.key(0), model, split.images.shape[1:], tx)
     config = train.StepConfig(loss_name=loss, steps_per_epoch=5, augment=True,
@@ -65,6 +65,26 @@ def test_one_and_eight_devices_and_both_parallel_modes_agree(digits):
     assert_params_close(states[(8, "pmap")].batch_stats, reference.batch_stats, atol=1e-5)
     # pmap and shard_map run the same per-device function: same numbers.
     assert_params_close(states[(8, "shard_map")].params, states[(8, "pmap")].params, atol=1e-6)
+
+
+@pytest.mark.parametrize("model_name", ["small_cnn", "mlp_dropout"])
+def test_dropout_masks_do_not_depend_on_the_device_count(digits, model_name):
+    """Each device draws its rows of the one-device mask: 1 device == 8 devices (== shard_map)."""
+    split, mean, std = digits
+    if model_name == "mlp_dropout":
+        models_kwargs = {"dropout_rate": 0.5}
+        model_name = "mlp"
+    else:
+        models_kwargs = {}
+    states = {}
+    for n, mode in [(1, "pmap"), (8, "pmap"), (8, "shard_map")]:
+        states[(n, mode)], _ = run_steps(
+            split, mean, std, model_name=model_name, num_devices=n, mode=mode,
+            model_kwargs=models_kwargs,
+        )  # fmt: skip
+    reference = states[(1, "pmap")].params
+    assert_params_close(states[(8, "pmap")].params, reference, atol=1e-5)
+    assert_params_close(states[(8, "shard_map")].params, reference, atol=1e-5)
 
 
 def test_training_lowers_the_loss_on_fashion_mnist():

@@ -170,29 +170,37 @@ def _mix32(h: Array) -> Array:
     return h ^ (h >> 16)
 
 
-def hash_uniform_bits(key: Array, shape: tuple[int, ...]) -> Array:
+def hash_uniform_bits(key: Array, shape: tuple[int, ...], offset: Array | int = 0) -> Array:
     """uint32 ``shape``: a counter-based hash of each element's flat index and two words of ``key``.
 
-    A pure function of ``(key, shape)``; for dropout masks, where ``jax.random.bits`` costs ~40x
-    more on CPU.
+    A pure function of ``(key, shape, offset)``; for dropout masks, where ``jax.random.bits``
+    costs ~40x more on CPU. ``offset`` is added to the flat index: the bits of rows ``[r, r + n)``
+    of a bigger array are ``hash_uniform_bits(key, (n, ...), offset=r * row_size)``, which lets a
+    device draw exactly its slice of the mask one device would draw for the whole batch.
     """
     seed = jax.random.bits(key, (2,), jnp.uint32)
     index = jax.lax.iota(jnp.uint32, max(1, math.prod(shape))).reshape(shape)
+    index = index + jnp.asarray(offset).astype(jnp.uint32)
     return _mix32(_mix32(index * jnp.uint32(0x9E3779B9) ^ seed[0]) ^ seed[1])
 
 
 class Dropout(nn.Module):
-    """Inverted dropout with hashed masks (see :func:`hash_uniform_bits`); rng ``'dropout'``."""
+    """Inverted dropout with hashed masks (see :func:`hash_uniform_bits`); rng ``'dropout'``.
+
+    ``row_offset``: the position of ``x``'s first row in the global batch; with the same key on
+    every device, each device then drops exactly what one device with the whole batch would.
+    """
 
     rate: float
 
     @nn.compact
-    def __call__(self, x: Array, *, deterministic: bool) -> Array:
+    def __call__(self, x: Array, *, deterministic: bool, row_offset: Array | int = 0) -> Array:
         if not 0.0 <= self.rate < 1.0:
             raise ValueError(f"dropout rate {self.rate!r} must be in [0, 1).")
         if deterministic or self.rate == 0.0:
             return x
-        bits = hash_uniform_bits(self.make_rng("dropout"), x.shape)
+        row_size = math.prod(x.shape[1:]) if x.ndim > 1 else 1
+        bits = hash_uniform_bits(self.make_rng("dropout"), x.shape, row_offset * row_size)
         # keep with probability 1 - rate: bits >= rate * 2**32.
         keep = bits >= jnp.uint32(min(int(self.rate * 2**32), 2**32 - 1))
         return jnp.where(keep, x / (1.0 - self.rate), 0.0).astype(x.dtype)

@@ -106,7 +106,9 @@ class ResNet(nn.Module):
     act: Callable[[jax.Array], jax.Array] = nn.relu
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, *, train: bool, example_offset: jax.Array | int = 0):
+        """``example_offset`` is accepted for a uniform signature (no dropout here)."""
+        del example_offset
         if self.stem not in STEMS:
             raise ValueError(f"Unknown stem {self.stem!r}; available: {', '.join(STEMS)}.")
         conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)

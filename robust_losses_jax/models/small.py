@@ -31,15 +31,20 @@ class SmallCNN(nn.Module):
     dense_dropout_rate: float = 0.5
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, *, train: bool, example_offset: jax.Array | int = 0):
+        """``example_offset``: the index of ``x[0]`` in the global batch (for dropout masks)."""
         x = jnp.asarray(x, self.dtype)
         x = nn.relu(layers.Conv(32, (3, 3), dtype=self.dtype, name="Conv_0")(x))
         x = nn.relu(layers.Conv(64, (3, 3), dtype=self.dtype, name="Conv_1")(x))
         x = layers.max_pool_2x2(x)
-        x = layers.Dropout(self.conv_dropout_rate)(x, deterministic=not train)
+        x = layers.Dropout(self.conv_dropout_rate)(
+            x, deterministic=not train, row_offset=example_offset
+        )
         x = x.reshape(x.shape[0], -1)
         x = nn.relu(nn.Dense(128, dtype=self.dtype)(x))
-        x = layers.Dropout(self.dense_dropout_rate)(x, deterministic=not train)
+        x = layers.Dropout(self.dense_dropout_rate)(
+            x, deterministic=not train, row_offset=example_offset
+        )
         # The head runs in float32: bfloat16 logits would quantize p_t (3 significant digits).
         return nn.Dense(self.num_classes, dtype=jnp.float32, name="head")(x)
 
@@ -56,9 +61,12 @@ class MLP(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, *, train: bool, example_offset: jax.Array | int = 0):
+        """``example_offset``: the index of ``x[0]`` in the global batch (for dropout masks)."""
         x = jnp.asarray(x, self.dtype).reshape(x.shape[0], -1)
         for size in self.hidden_sizes:
             x = nn.relu(nn.Dense(size, dtype=self.dtype)(x))
-            x = layers.Dropout(self.dropout_rate)(x, deterministic=not train)
+            x = layers.Dropout(self.dropout_rate)(
+                x, deterministic=not train, row_offset=example_offset
+            )
         return nn.Dense(self.num_classes, dtype=jnp.float32, name="head")(x)
