@@ -278,8 +278,11 @@ def _drop_epochs_after(path: Path, tag: str, epoch: int) -> None:
     if not path.exists():
         return
     lines = path.read_text().splitlines()
+    records = [json.loads(x) for x in lines]
     kept = [
-        x for x in lines if json.loads(x).get("run", "") != tag or json.loads(x)["epoch"] <= epoch
+        x
+        for x, r in zip(lines, records, strict=True)
+        if r.get("run", "") != tag or r["epoch"] <= epoch
     ]
     if len(kept) != len(lines):
         atomic_write(path, lambda f: f.write("".join(x + "\n" for x in kept)))
@@ -500,10 +503,15 @@ def _epoch_detection(
     return {
         "f1_argmax_neq_given": metrics.detection_metrics(is_corrupted, flagged)["f1"],
         "auroc_1_minus_pt": metrics.ranking_metrics(is_corrupted, score)["auroc"],
-        "memorised_fraction": float(np.mean(out["pred"][is_corrupted] == labels[is_corrupted]))
-        if is_corrupted.any()
-        else 0.0,
+        "memorised_fraction": memorised_fraction(out["pred"], labels, is_corrupted),
     }
+
+
+def memorised_fraction(pred: np.ndarray, given: np.ndarray, is_corrupted: np.ndarray) -> float:
+    """The fraction of corrupted examples predicted as their (wrong) given label; 0 if none."""
+    if not is_corrupted.any():
+        return 0.0
+    return float(np.mean(pred[is_corrupted] == given[is_corrupted]))
 
 
 def fold_assignment(key: jax.Array, num_examples: int, folds: int) -> np.ndarray:
@@ -608,7 +616,7 @@ def _area_under_margin(cfg, data, fit_run, base_key) -> tuple[dict, dict]:
     probs = np.asarray(jax.nn.softmax(logits, axis=-1))
     labels = data["given_label"]
     p_t = probs[np.arange(len(labels)), labels]
-    margin = np.asarray(train.example_margins(jnp.asarray(logits), jnp.asarray(labels)))
+    margin = np.asarray(detection.margins(logits, labels))
     weight = np.where(thr0, out1["weight"], out0["weight"])
     out = {"probs": probs, "p_t": p_t, "margin": margin, "pred": logits.argmax(-1),
            "weight": weight}  # fmt: skip
@@ -716,11 +724,9 @@ def train_and_evaluate(
         "test_accuracy": extra.pop("test_accuracy"),
         **extra,
         "train_accuracy_true_labels": float(np.mean(predictions["pred"] == data["true_label"])),
-        "memorised_fraction": float(
-            np.mean(predictions["pred"][is_corrupted] == data["given_label"][is_corrupted])
-        )
-        if is_corrupted.any()
-        else 0.0,
+        "memorised_fraction": memorised_fraction(
+            predictions["pred"], data["given_label"], is_corrupted
+        ),
         "num_train": len(data["given_label"]),
         "num_corrupted": int(is_corrupted.sum()),
         "realised_noise_rate": float(report["realised_rate"]),

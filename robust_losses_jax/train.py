@@ -24,7 +24,7 @@ import optax
 from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from robust_losses_jax import input_pipeline, losses, schedules
+from robust_losses_jax import detection, input_pipeline, losses, schedules
 
 Array = jax.Array
 AXIS = "data"
@@ -278,17 +278,9 @@ def train_step(
     metrics["finite"] = finite
     # Per-example margins of the logits just computed, for AUM (no extra forward pass): the whole
     # global batch, gathered in device order, with the examples' dataset indices.
-    metrics["margin"] = jax.lax.all_gather(example_margins(logits, labels), axis_name, tiled=True)
+    metrics["margin"] = jax.lax.all_gather(detection.margins(logits, labels), axis_name, tiled=True)
     metrics["index"] = jax.lax.all_gather(batch["index"], axis_name, tiled=True)
     return new_state, metrics
-
-
-def example_margins(logits: Array, labels: Array) -> Array:
-    """``[b]``: the logit of ``labels`` minus the largest other one (negative when another wins)."""
-    logits = logits.astype(jnp.float32)
-    given_logit = jnp.take_along_axis(logits, labels[:, None], axis=-1)[:, 0]
-    others = jnp.where(jax.nn.one_hot(labels, logits.shape[-1], dtype=bool), -jnp.inf, logits)
-    return given_logit - jnp.max(others, axis=-1)
 
 
 def eval_step(
@@ -316,7 +308,7 @@ def eval_step(
     return {
         "logits": logits,
         "p_t": losses.p_t(logits, labels),
-        "margin": example_margins(logits, labels),
+        "margin": detection.margins(logits, labels),
         "pred": jnp.argmax(logits, -1).astype(jnp.int32),
         "weight": weight_fn(logits, labels),
         "loss": loss_fn(logits, labels),
