@@ -83,6 +83,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--folds", type=int, default=d.folds, help="folds of the cl detector")
     add("--cl-filter-by", default=d.cl_filter_by, help="Confident Learning's filter_by")
     add("--aum-percentile", type=float, default=d.aum_percentile)
+    add(
+        "--data-placement",
+        default=d.data_placement,
+        help="device (epochs compiled whole, models vmapped), stream (host batches), auto",
+    )
+    add(
+        "--sequential",
+        action="store_true",
+        help="train the CL folds / AUM runs one after another instead of vmapped together",
+    )
     add("--data-dir", default=None, help="tfds data directory")
     add("--workdir", default="workdir/run")
     add("--resume", action="store_true", help="continue from the latest checkpoint")
@@ -125,6 +135,7 @@ def build_config(args: argparse.Namespace) -> Config:
         augment=args.augment, dtype=args.dtype, parallel=args.parallel,
         pt_threshold=args.pt_threshold, detector=args.detector, folds=args.folds,
         cl_filter_by=args.cl_filter_by, aum_percentile=args.aum_percentile,
+        data_placement=args.data_placement, sequential=args.sequential,
     )  # fmt: skip
 
 

@@ -17,6 +17,7 @@ DEFAULT_DELAY_EPOCHS = 2
 NOISE_KINDS = ("symmetric", "asymmetric", "transition")
 DTYPES = ("float32", "bfloat16")
 DETECTORS = ("pt", "cl", "aum")
+DATA_PLACEMENTS = ("auto", "device", "stream")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +61,11 @@ class Config:
     folds: int = 5
     cl_filter_by: str = "prune_by_noise_rate"
     aum_percentile: float = 99.0
+    # Where the training split lives: "device" (each epoch one compiled program; several models
+    # vmapped together), "stream" (host batches, a step at a time), "auto" (device on one process).
+    data_placement: str = "auto"
+    # Train the models of a protocol (CL folds, AUM runs) one after another instead of vmapped.
+    sequential: bool = False
 
     @property
     def resolved_delay_epochs(self) -> int:
@@ -123,6 +129,19 @@ def validate(config: Config, *, num_devices: int) -> None:
             f"Unknown cl filter_by {config.cl_filter_by!r}; "
             f"choose from {', '.join(detection.FILTER_BY)}."
         )
+    if config.data_placement not in DATA_PLACEMENTS:
+        raise ValueError(
+            f"Unknown data placement {config.data_placement!r}; "
+            f"choose from {', '.join(DATA_PLACEMENTS)}."
+        )
+    if config.data_placement == "device":
+        import jax
+
+        if jax.process_count() > 1:
+            raise ValueError(
+                f"--data-placement=device runs on one process, not {jax.process_count()}; "
+                "use stream (each process feeds its own devices)."
+            )
     if config.dtype not in DTYPES:
         raise ValueError(f"Unknown dtype {config.dtype!r}; choose from {', '.join(DTYPES)}.")
     checks = [

@@ -40,6 +40,7 @@ from robust_losses_jax import (
 from robust_losses_jax import (
     corruption,
     detection,
+    device_loop,
     input_pipeline,
     metrics,
     models,
@@ -290,28 +291,43 @@ def _drop_epochs_after(path: Path, tag: str, epoch: int) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class Fitted:
-    """One trained model and what its training recorded.
+    """A trained stack of models and what their training recorded.
 
     Attributes:
-      state: the final train state (replicated on the devices).
-      evaluate: ``evaluate(state, images, labels)`` -> per-example host outputs
-        (:func:`train.evaluate`).
-      aum_sum, aum_count: ``[N]`` sums and counts of the training margins of each example
-        (every step, from the train step's own logits), for AUM.
-      test_accuracy: clean test accuracy of the final model.
+      states: the final train states, stacked (leading axis: the members), on the devices.
+      outputs: ``outputs(images, labels, member_of_row=None)`` -> host arrays ``[M, N, ...]``
+        (every member on every row; ``labels`` ``[M, N]``), or ``[N, ...]`` with
+        ``member_of_row`` ``[N]``: row ``i`` from member ``member_of_row[i]``, picked on the
+        devices. Keys: ``logits``, ``probs``, ``p_t``, ``margin``, ``pred``, ``weight``,
+        ``loss``.
+      aum_sum, aum_count: per member, ``[n_m]`` sums and counts of the training margins of its
+        rows (every step, from the train step's own logits), for AUM.
+      test_accuracy: per member, the clean test accuracy of its final model.
     """
 
-    state: Any
-    evaluate: Callable[..., dict[str, np.ndarray]]
-    aum_sum: np.ndarray
-    aum_count: np.ndarray
-    test_accuracy: float
+    states: Any
+    outputs: Callable[..., dict[str, np.ndarray]]
+    aum_sum: list[np.ndarray]
+    aum_count: list[np.ndarray]
+    test_accuracy: list[float]
+
+
+def uses_device_data(cfg: config_lib.Config) -> bool:
+    """Whether the training split is held on the devices (else streamed from the host).
+
+    ``auto``: on the devices in a single-process run (device memory holds these datasets:
+    Fashion-MNIST is 47 MB, CIFAR 150 MB); streamed across processes, where each process feeds
+    only its own devices.
+    """
+    if cfg.data_placement == "auto":
+        return jax.process_count() == 1
+    return cfg.data_placement == "device"
 
 
 def fit(
     cfg: config_lib.Config,
     images: np.ndarray,
-    labels: np.ndarray,
+    members: list[device_loop.Member],
     *,
     num_classes: int,
     real_classes: int | None = None,
@@ -319,7 +335,6 @@ def fit(
     test_labels: np.ndarray,
     mean: np.ndarray,
     std: np.ndarray,
-    keys: tuple[jax.Array, jax.Array, jax.Array],
     workdir: Path,
     tag: str = "",
     is_corrupted: np.ndarray | None = None,
@@ -328,34 +343,48 @@ def fit(
     devices: list,
     log: Callable[[str], None] = print,
 ) -> Fitted:
-    """Train one freshly initialised model on ``images``/``labels`` (the labels trained on).
+    """Train a stack of freshly initialised models (one or more :class:`device_loop.Member`).
+
+    With the data on the devices (:func:`uses_device_data`) every epoch is one compiled program
+    that trains all members together (vmapped); streamed from the host, one member only, a
+    step at a time. Both train on the same batches.
 
     Args:
+      images: uint8 ``[N, H, W, C]``, the rows the members' ``rows`` index.
+      members: the models to train; all must have the same number of steps per epoch.
       num_classes: outputs of the model (``C + 1`` with AUM's threshold class).
       real_classes: ``C``, the dataset's classes (default ``num_classes``): test predictions are
         the argmax over the first ``C`` logits.
-      keys: ``(init, step, order)`` PRNG keys: initial weights, augmentation/dropout, batch order.
-      workdir: checkpoints go to ``checkpoints`` (``checkpoints_<tag>`` when tagged), epochs are
-        appended to ``metrics.jsonl`` (with ``"run": tag`` when tagged).
-      is_corrupted: when given (``[N]``), the training set is evaluated after every epoch:
-        its ``p_t`` per epoch go to ``train_record*.npz`` (``p_t_history`` ``[E, N]`` float16)
-        and ``metrics.jsonl`` gets that epoch's detection F1 (argmax != given), AUROC of
-        ``1 - p_t`` and memorised fraction (corrupted examples predicted as their noisy label).
-      resume: continue from the latest checkpoint of this run.
+      workdir: the stack's checkpoints go to ``checkpoints`` (``checkpoints_<tag>``); each
+        member's epochs are appended to ``metrics.jsonl`` (with ``"run": member.tag`` when
+        tagged) and its per-example records go to ``train_record[_<member.tag>].npz``.
+      is_corrupted: ``[M, N]``, when given the members are evaluated on every row after every
+        epoch: ``p_t`` per epoch goes to the training record (``p_t_history`` ``[E, N]``
+        float16) and ``metrics.jsonl`` gets that epoch's detection F1 (argmax != given), AUROC
+        of ``1 - p_t`` and memorised fraction.
+      resume: continue from the latest checkpoint of this stack.
 
     Per-example training records, one row per epoch (``margin_sum_history``,
-    ``margin_count_history`` for AUM; ``p_t_history``), are written before each checkpoint to
-    ``train_record.npz`` (``train_record_<tag>.npz``), so a resumed run keeps them.
+    ``margin_count_history`` for AUM, by position in the member's rows; ``p_t_history``), are
+    written before each checkpoint, so a resumed run keeps them.
     """
-    num_train = len(labels)
-    if num_train < cfg.batch_size:
-        raise ValueError(f"batch size {cfg.batch_size} exceeds the {num_train} training examples.")
-    steps_per_epoch = num_train // cfg.batch_size
+    on_device = uses_device_data(cfg)
+    if not on_device and len(members) > 1:
+        raise ValueError("streamed data trains one model at a time; pass one member.")
+    sizes = tuple(len(m.rows) for m in members)
+    if min(sizes) < cfg.batch_size:
+        raise ValueError(f"batch size {cfg.batch_size} exceeds the {min(sizes)} training examples.")
+    steps = {n // cfg.batch_size for n in sizes}
+    if len(steps) > 1:
+        raise ValueError(
+            f"stack members have different steps per epoch ({sorted(steps)}); train them "
+            "one after another (--sequential)."
+        )
+    steps_per_epoch = steps.pop()
     total_steps = steps_per_epoch * cfg.epochs
     augment = (
         cfg.dataset in input_pipeline.AUGMENTED_BY_DEFAULT if cfg.augment is None else cfg.augment
     )
-    init_key, step_key, order_key = keys
     model = models.get_model(
         cfg.model, num_classes, dtype=jnp.dtype(cfg.dtype), bn_axis_name=train.AXIS
     )
@@ -364,7 +393,10 @@ def fit(
         warmup_steps=cfg.warmup_epochs * steps_per_epoch, momentum=cfg.momentum,
         nesterov=cfg.nesterov, weight_decay=cfg.weight_decay,
     )  # fmt: skip
-    state = train.create_train_state(init_key, model, images.shape[1:], tx)
+    # Each member initialised on its own, exactly as a lone run would be, then stacked.
+    states = device_loop.stack(
+        [train.create_train_state(m.keys[0], model, images.shape[1:], tx) for m in members]
+    )
     step_config = train.StepConfig(
         loss_name=cfg.loss,
         delay_steps=cfg.resolved_delay_epochs * steps_per_epoch,
@@ -374,33 +406,28 @@ def fit(
         l1_weight=cfg.l1_weight,
         detach=cfg.detach,
     )
-    loss_hparams = {
-        k: jnp.float32(v) for k, v in cfg.to_json()["loss_hparams"].items() if k != "detach"
-    }
+    hparams = device_loop.stacked_hparams(members)
     mean, std = jnp.asarray(mean), jnp.asarray(std)
     mesh = train.data_mesh(devices)
-    train_fn = train.parallelize(
-        functools.partial(train.train_step, config=step_config, key=step_key, mean=mean, std=std),
-        mesh,
-        cfg.parallel,
-    )
-    eval_fn = train.parallelize(
-        functools.partial(train.eval_step, config=step_config, mean=mean, std=std),
-        mesh,
-        cfg.parallel,
-        collective=False,
-    )
-    sharding = train.batch_sharding(mesh)
-    state = train.replicate(state, mesh)
-    run_eval = functools.partial(
-        train.evaluate, eval_fn, mesh=mesh, batch_size=cfg.eval_batch_size,
-        loss_hparams=loss_hparams,
-    )  # fmt: skip
+    eval_step = functools.partial(train.eval_step, config=step_config, mean=mean, std=std)
+    states = train.replicate(states, mesh)
     real_classes = real_classes or num_classes
+    num_members = len(members)
+    if on_device:
+        run_epoch, outputs = _device_engine(
+            cfg, images, members, mesh, step_config, eval_step, hparams, mean, std,
+            steps_per_epoch,
+        )  # fmt: skip
+    else:
+        run_epoch, outputs = _streaming_engine(
+            cfg, images, members[0], mesh, step_config, eval_step, hparams, mean, std,
+            steps_per_epoch, progress,
+        )  # fmt: skip
 
-    def test_accuracy(state) -> float:
-        logits = run_eval(state, test_images, test_labels)["logits"][:, :real_classes]
-        return float(np.mean(logits.argmax(-1) == test_labels))
+    def test_accuracy(states) -> np.ndarray:
+        labels = np.broadcast_to(test_labels, (num_members, len(test_labels)))
+        logits = outputs(states, test_images, labels)["logits"][..., :real_classes]
+        return np.mean(logits.argmax(-1) == test_labels[None], axis=1)
 
     suffix = f"_{tag}" if tag else ""
     manager = ocp.CheckpointManager(
@@ -409,90 +436,213 @@ def fit(
             max_to_keep=CHECKPOINTS_TO_KEEP, enable_async_checkpointing=False, create=True
         ),
     )
-    record_path = workdir / f"train_record{suffix}.npz"
-    # Per epoch: margin sums and counts of each example (AUM), and p_t when tracked. Written
-    # before the epoch's checkpoint, so a run killed in between finds every epoch it resumes
-    # from (and ignores the ones after).
-    history: dict[str, list[np.ndarray]] = {"margin_sum": [], "margin_count": [], "p_t": []}
+    record_paths = [workdir / f"train_record{'_' + m.tag if m.tag else ''}.npz" for m in members]
+    # Per member and epoch: margin sums and counts of each example (AUM), and p_t when tracked.
+    # Written before the epoch's checkpoint, so a run killed in between finds every epoch it
+    # resumes from (and ignores the ones after).
+    names = ("margin_sum", "margin_count", "p_t")
+    history: list[dict[str, list[np.ndarray]]] = [{k: [] for k in names} for _ in members]
     start_epoch = 0
     if resume and manager.latest_step() is not None:
-        state = restore_latest(manager, state)
-        start_epoch = int(state.step) // steps_per_epoch
-        with np.load(record_path) if record_path.exists() else contextlib.nullcontext({}) as saved:
-            for name in history:
-                history[name] = list(saved.get(f"{name}_history", []))[:start_epoch]
-        if len(history["margin_sum"]) != start_epoch:
-            raise CheckpointError(
-                f"{record_path} holds {len(history['margin_sum'])} epochs of training records, "
-                f"fewer than the checkpoint's {start_epoch}; pass --overwrite to start again."
-            )
-        _drop_epochs_after(workdir / "metrics.jsonl", tag, start_epoch)
-        log(f"resumed {tag or 'run'} from epoch {start_epoch} (step {int(state.step)})")
+        states = restore_latest(manager, states)
+        start_epoch = int(np.ravel(states.step)[0]) // steps_per_epoch
+        for path, member_history in zip(record_paths, history, strict=True):
+            with np.load(path) if path.exists() else contextlib.nullcontext({}) as saved:
+                for name in names:
+                    member_history[name] = list(saved.get(f"{name}_history", []))[:start_epoch]
+            if len(member_history["margin_sum"]) != start_epoch:
+                raise CheckpointError(
+                    f"{path} holds {len(member_history['margin_sum'])} epochs of training "
+                    f"records, fewer than the checkpoint's {start_epoch}; pass --overwrite to "
+                    "start again."
+                )
+        for member in members:
+            _drop_epochs_after(workdir / "metrics.jsonl", member.tag, start_epoch)
+        step = start_epoch * steps_per_epoch
+        log(f"resumed {tag or 'run'} from epoch {start_epoch} (step {step})")
 
-    for epoch in range(start_epoch, cfg.epochs):
+    epochs = range(start_epoch, cfg.epochs)
+    desc = f"{tag or 'training'} ({num_members} model{'s' if num_members > 1 else ''})"
+    for epoch in _tqdm(epochs, progress and on_device, desc=desc, leave=False):
         started = time.perf_counter()
-        order = input_pipeline.epoch_permutation(order_key, epoch, num_train)
+        states, epoch_metrics = run_epoch(states, epoch)
+        for m, member in enumerate(members):
+            bad = np.flatnonzero(np.asarray(epoch_metrics["finite"][m]) == 0)
+            if len(bad):
+                raise NonFiniteError(
+                    f"non-finite loss or gradient in {member.tag + ', ' if member.tag else ''}"
+                    f"epoch {epoch + 1}, step {bad[0] + 1} of {steps_per_epoch} (global step "
+                    f"{epoch * steps_per_epoch + bad[0] + 1}); likely cause: learning rate "
+                    f"{cfg.lr:g} too high for {cfg.optimizer}. The last good checkpoint is kept "
+                    f"in {workdir / f'checkpoints{suffix}'}; no summary was written."
+                )
+        accuracies = test_accuracy(states)
+        tracked = None
+        if is_corrupted is not None:
+            labels = np.stack([m.labels for m in members])
+            tracked = outputs(states, images, labels)
+        step_now = (epoch + 1) * steps_per_epoch
+        records = []  # Logged once the checkpoint is saved.
+        seconds = (time.perf_counter() - started) / num_members
+        for m, member in enumerate(members):
+            n = sizes[m]
+            member_history = history[m]
+            member_history["margin_sum"].append(np.asarray(epoch_metrics["margin_sum"][m][:n]))
+            member_history["margin_count"].append(
+                np.asarray(epoch_metrics["margin_count"][m][:n]).astype(np.uint8)
+            )
+            count = float(epoch_metrics["count"][m])
+            record = {
+                **({"run": member.tag} if member.tag else {}),
+                "epoch": epoch + 1,
+                "step": step_now,
+                "robust_loss_on": bool(step_now > step_config.delay_steps),
+                "train_loss": float(epoch_metrics["loss_sum"][m]) / count,
+                "train_accuracy_noisy": float(epoch_metrics["correct"][m]) / count,
+                "frac_low_weight": float(epoch_metrics["low_weight"][m]) / count,
+                "test_accuracy": float(accuracies[m]),
+            }
+            if tracked is not None:
+                out = {k: v[m] for k, v in tracked.items()}
+                member_history["p_t"].append(out["p_t"].astype(np.float16))
+                record.update(_epoch_detection(out, member.labels, is_corrupted[m]))
+            record["seconds"] = seconds
+            saved = {
+                f"{k}_history": np.stack(v) if v else np.zeros((0, n), np.float32)
+                for k, v in member_history.items()
+            }
+            atomic_write(record_paths[m], lambda f, saved=saved: np.savez(f, **saved), mode="wb")
+            records.append(record)
+        manager.save(step_now, args=ocp.args.StandardSave(train.to_global(states)))
+        for member, record in zip(members, records, strict=True):
+            append_jsonl(workdir / "metrics.jsonl", record)
+            log(
+                f"{member.tag + ' ' if member.tag else ''}epoch {epoch + 1}/{cfg.epochs}: loss "
+                f"{record['train_loss']:.4f}, noisy-label acc "
+                f"{record['train_accuracy_noisy']:.4f}, low-weight "
+                f"{record['frac_low_weight']:.3f}, test acc {record['test_accuracy']:.4f}"
+                f" ({record['seconds']:.1f}s)"
+            )
+    manager.wait_until_finished()
+    aum_sum = [np.sum(h["margin_sum"], axis=0, dtype=np.float64).reshape(n)
+               for h, n in zip(history, sizes, strict=True)]  # fmt: skip
+    aum_count = [np.sum(h["margin_count"], axis=0, dtype=np.int64).reshape(n)
+                 for h, n in zip(history, sizes, strict=True)]  # fmt: skip
+    return Fitted(
+        states=states,
+        outputs=functools.partial(_outputs_with_selection, outputs, states),
+        aum_sum=aum_sum,
+        aum_count=aum_count,
+        test_accuracy=[float(a) for a in test_accuracy(states)],
+    )
+
+
+def _outputs_with_selection(outputs, states, images, labels, member_of_row=None):
+    return outputs(states, images, labels, member_of_row)
+
+
+def _device_engine(cfg, images, members, mesh, step_config, eval_step, hparams, mean, std,
+                   steps_per_epoch):  # fmt: skip
+    """``(run_epoch, outputs)`` with the split on the devices, all members vmapped."""
+
+    def step_fn(state, batch, member_hparams, key):
+        return train.train_step(
+            state, batch, member_hparams, config=step_config, key=key, mean=mean, std=std
+        )
+
+    epoch_fn = device_loop.train_epoch_program(
+        step_fn, mesh, cfg.parallel, sizes=tuple(len(m.rows) for m in members),
+        batch_size=cfg.batch_size, steps_per_epoch=steps_per_epoch,
+    )  # fmt: skip
+    eval_fn = device_loop.evaluate_program(
+        eval_step, mesh, cfg.parallel, batch_size=cfg.eval_batch_size
+    )
+    data = device_loop.put_replicated(device_loop.stack_data(images, members), mesh)
+    step_keys = jnp.stack([m.keys[1] for m in members])
+    order_keys = jnp.stack([m.keys[2] for m in members])
+    placed: dict[int, Any] = {}  # Image arrays already on the devices, by identity.
+    select = jax.jit(device_loop.select_members)
+
+    def run_epoch(states, epoch):
+        states, metrics = epoch_fn(states, data, hparams, step_keys, order_keys, jnp.int32(epoch))
+        return states, jax.device_get(metrics)
+
+    def outputs(states, eval_images, labels, member_of_row=None):
+        if eval_images is images:
+            on_devices = data.images
+        else:
+            if id(eval_images) not in placed:
+                placed[id(eval_images)] = (
+                    eval_images,
+                    device_loop.put_replicated(np.asarray(eval_images), mesh),
+                )
+            on_devices = placed[id(eval_images)][1]
+        out = eval_fn(states, on_devices, jnp.asarray(labels, jnp.int32), hparams)
+        if member_of_row is not None:
+            out = select(out, jnp.asarray(member_of_row, jnp.int32))
+        return jax.device_get(out)
+
+    return run_epoch, outputs
+
+
+def _streaming_engine(cfg, images, member, mesh, step_config, eval_step, hparams, mean, std,
+                      steps_per_epoch, progress):  # fmt: skip
+    """``(run_epoch, outputs)`` for one member, batches streamed from the host a step at a time."""
+    train_fn = train.parallelize(
+        functools.partial(
+            train.train_step, config=step_config, key=member.keys[1], mean=mean, std=std
+        ),
+        mesh,
+        cfg.parallel,
+    )
+    eval_fn = train.parallelize(eval_step, mesh, cfg.parallel, collective=False)
+    sharding = train.batch_sharding(mesh)
+    member_images = images[member.rows]
+    member_labels = np.asarray(member.labels)[member.rows]
+    lone_hparams = device_loop.unstack(hparams, 0)
+    num_rows = len(member.rows)
+
+    def run_epoch(states, epoch):
+        state = device_loop.unstack(states, 0)
+        order = input_pipeline.epoch_permutation(member.keys[2], epoch, num_rows)
         batches = (
             input_pipeline.process_slice(batch, jax.process_index(), jax.process_count())
             for batch in input_pipeline.train_batches(
-                images, labels, order, cfg.batch_size, len(devices)
+                member_images, member_labels, order, cfg.batch_size, mesh.devices.size
             )
         )
         step_metrics = []
-        desc = f"{tag + ' ' if tag else ''}epoch {epoch + 1}/{cfg.epochs}"
+        desc = f"{member.tag + ' ' if member.tag else ''}epoch {epoch + 1}/{cfg.epochs}"
         for batch in _tqdm(
             input_pipeline.prefetch_to_devices(batches, sharding),
             progress, total=steps_per_epoch, desc=desc, leave=False,
         ):  # fmt: skip
-            state, step_out = train_fn(state, batch, loss_hparams)
+            state, step_out = train_fn(state, batch, lone_hparams)
             step_metrics.append(step_out)
         step_metrics = jax.device_get(step_metrics)
-        bad = [i for i, m in enumerate(step_metrics) if int(m["finite"]) == 0]
-        if bad:
-            raise NonFiniteError(
-                f"non-finite loss or gradient in {tag + ', ' if tag else ''}epoch {epoch + 1}, "
-                f"step {bad[0] + 1} of {steps_per_epoch} (global step "
-                f"{epoch * steps_per_epoch + bad[0] + 1}); likely cause: learning rate "
-                f"{cfg.lr:g} too high for {cfg.optimizer}. The last good checkpoint is kept in "
-                f"{workdir / f'checkpoints{suffix}'}; no summary was written."
-            )
-        margin_sum, margin_count = np.zeros(num_train, np.float32), np.zeros(num_train, np.uint8)
+        margin_sum = np.zeros(num_rows, np.float32)
+        margin_count = np.zeros(num_rows, np.int32)
         for m in step_metrics:
             np.add.at(margin_sum, m["index"], m["margin"])
             np.add.at(margin_count, m["index"], 1)
-        history["margin_sum"].append(margin_sum)
-        history["margin_count"].append(margin_count)
-        scalars = ("loss_sum", "correct", "low_weight", "count")
-        totals = {k: float(sum(m[k] for m in step_metrics)) for k in scalars}
-        record = {
-            **({"run": tag} if tag else {}),
-            "epoch": epoch + 1,
-            "step": int(state.step),
-            "robust_loss_on": bool(int(state.step) > step_config.delay_steps),
-            "train_loss": totals["loss_sum"] / totals["count"],
-            "train_accuracy_noisy": totals["correct"] / totals["count"],
-            "frac_low_weight": totals["low_weight"] / totals["count"],
-            "test_accuracy": test_accuracy(state),
+        metrics = {
+            k: np.asarray([sum(np.float64(m[k]) for m in step_metrics)]) for k in device_loop.SUMMED
         }
-        if is_corrupted is not None:
-            out = run_eval(state, images, labels)
-            history["p_t"].append(out["p_t"].astype(np.float16))
-            record.update(_epoch_detection(out, labels, is_corrupted))
-        record["seconds"] = time.perf_counter() - started
-        saved = {f"{k}_history": np.asarray(v).reshape(-1, num_train) for k, v in history.items()}
-        atomic_write(record_path, lambda f, saved=saved: np.savez(f, **saved), mode="wb")
-        manager.save(int(state.step), args=ocp.args.StandardSave(train.to_global(state)))
-        append_jsonl(workdir / "metrics.jsonl", record)
-        log(
-            f"{tag + ' ' if tag else ''}epoch {epoch + 1}/{cfg.epochs}: loss "
-            f"{record['train_loss']:.4f}, noisy-label acc {record['train_accuracy_noisy']:.4f}, "
-            f"low-weight {record['frac_low_weight']:.3f}, test acc {record['test_accuracy']:.4f}"
-            f" ({record['seconds']:.1f}s)"
-        )
-    manager.wait_until_finished()
-    aum_sum = np.sum(history["margin_sum"], axis=0, dtype=np.float64).reshape(num_train)
-    aum_count = np.sum(history["margin_count"], axis=0, dtype=np.int64).reshape(num_train)
-    return Fitted(state, run_eval, aum_sum, aum_count, test_accuracy(state))
+        metrics["finite"] = np.asarray([[int(m["finite"]) for m in step_metrics]])
+        metrics["margin_sum"], metrics["margin_count"] = margin_sum[None], margin_count[None]
+        return train.replicate(device_loop.stack([state]), mesh), metrics
+
+    def outputs(states, eval_images, labels, member_of_row=None):
+        state = device_loop.unstack(states, 0)
+        out = train.evaluate(
+            eval_fn, state, eval_images, np.asarray(labels)[0], lone_hparams,
+            mesh=mesh, batch_size=cfg.eval_batch_size,
+        )  # fmt: skip
+        if member_of_row is not None:
+            return out  # One member: every row is its.
+        return {k: v[None] for k, v in out.items()}
+
+    return run_epoch, outputs
 
 
 def _epoch_detection(
@@ -530,6 +680,55 @@ def _run_keys(base_key: jax.Array, run: int | None) -> tuple[jax.Array, jax.Arra
     return tuple(jax.random.fold_in(k, 1000 + run) for k in keys)
 
 
+def _loss_hparams(cfg: config_lib.Config) -> dict[str, float]:
+    return {k: float(v) for k, v in cfg.to_json()["loss_hparams"].items()}
+
+
+def fit_members(
+    cfg: config_lib.Config,
+    fit_run: Callable[..., Fitted],
+    images: np.ndarray,
+    members: list[device_loop.Member],
+    *,
+    stack_tag: str,
+    log: Callable[[str], None],
+    **kwargs: Any,
+) -> list[tuple[Fitted, int]]:
+    """Train ``members``: vmapped together in one stack, or one after another.
+
+    One after another with ``cfg.sequential``, with streamed data, or when the members'
+    steps per epoch differ (folds of unequal size across a batch boundary). Returns, per member,
+    the :class:`Fitted` stack that holds it and its position there.
+    """
+    steps = {len(m.rows) // cfg.batch_size for m in members}
+    together = not cfg.sequential and uses_device_data(cfg) and len(members) > 1
+    if together and len(steps) > 1:
+        log(f"{stack_tag}: steps per epoch differ ({sorted(steps)}); training one at a time")
+        together = False
+    if together:
+        fitted = fit_run(images, members, tag=stack_tag, **kwargs)
+        return [(fitted, i) for i in range(len(members))]
+    return [(fit_run(images, [m], tag=m.tag, **kwargs), 0) for m in members]
+
+
+def outputs_per_member(
+    trained: list[tuple[Fitted, int]], images: np.ndarray, labels: list[np.ndarray]
+) -> list[dict[str, np.ndarray]]:
+    """Each member's outputs on every row of ``images``, scored against its ``labels``."""
+    results: list[dict[str, np.ndarray]] = [{} for _ in trained]
+    stacks: dict[int, tuple[Fitted, list[tuple[int, int]]]] = {}
+    for j, (fitted, i) in enumerate(trained):
+        stacks.setdefault(id(fitted), (fitted, []))[1].append((j, i))
+    for fitted, pairs in stacks.values():
+        stacked = np.zeros((len(fitted.test_accuracy), len(images)), np.int32)
+        for j, i in pairs:
+            stacked[i] = labels[j]
+        out = fitted.outputs(images, stacked)
+        for j, i in pairs:
+            results[j] = {k: v[i] for k, v in out.items()}
+    return results
+
+
 def _predictions(out: dict[str, np.ndarray], data: dict[str, Any]) -> dict[str, np.ndarray]:
     return {
         "p_t": out["p_t"],
@@ -543,39 +742,73 @@ def _predictions(out: dict[str, np.ndarray], data: dict[str, Any]) -> dict[str, 
     }
 
 
+OUT_OF_SAMPLE = ("logits", "probs", "p_t", "margin", "pred", "weight")
+
+
 def _cross_validated(cfg, data, fit_run, workdir: Path, base_key, log) -> tuple[dict, dict]:
-    """K-fold out-of-sample outputs: each fold's rows from a fresh model trained on the others."""
-    num_train = len(data["given_label"])
+    """K-fold out-of-sample outputs: each fold's rows from a fresh model trained on the others.
+
+    The K models train together (one vmapped stack) unless ``cfg.sequential``; their outputs
+    are picked into canonical order on the devices. Each fold's outputs are saved to
+    ``fold{k}.npz``, so a resumed run does not train a finished fold again.
+    """
+    given = data["given_label"]
+    num_train = len(given)
     fold_of = fold_assignment(jax.random.fold_in(base_key, 4), num_train, cfg.folds)
+    members = [
+        device_loop.Member(
+            labels=given,
+            rows=np.flatnonzero(fold_of != k),
+            keys=_run_keys(base_key, k),
+            hparams=_loss_hparams(cfg),
+            tag=f"fold{k}",
+        )
+        for k in range(cfg.folds)
+    ]
+    paths = [workdir / f"fold{k}.npz" for k in range(cfg.folds)]
+    missing = [k for k, path in enumerate(paths) if not path.exists()]
+    for k in sorted(set(range(cfg.folds)) - set(missing)):
+        log(f"fold {k}: outputs found in {paths[k]}, not re-trained")
+    if missing:
+        trained = fit_members(
+            cfg, fit_run, data["images"], [members[k] for k in missing], stack_tag="folds",
+            log=log, num_classes=data["num_classes"],
+        )  # fmt: skip
+        stacks: dict[int, tuple[Fitted, dict[int, int]]] = {}
+        for k, (fitted, i) in zip(missing, trained, strict=True):
+            stacks.setdefault(id(fitted), (fitted, {}))[1][k] = i
+        for fitted, position in stacks.values():
+            if len(position) == 1:  # A lone model: evaluate its own held-out rows only.
+                ((k, _),) = position.items()
+                held_out = fold_of == k
+                out = fitted.outputs(data["images"][held_out], given[None, held_out])
+                per_fold = {k: {name: v[0] for name, v in out.items()}}
+            else:  # A stack: every model on every row, each row from its fold's model.
+                member_of_row = np.zeros(num_train, np.int32)
+                for k, i in position.items():
+                    member_of_row[fold_of == k] = i
+                labels = np.broadcast_to(given, (len(fitted.test_accuracy), num_train))
+                out = fitted.outputs(data["images"], labels, member_of_row)
+                per_fold = {k: {n: v[fold_of == k] for n, v in out.items()} for k in position}
+            for k, fold_out in per_fold.items():
+                fold_out = {n: fold_out[n] for n in OUT_OF_SAMPLE}
+                fold_out["test_accuracy"] = np.float64(fitted.test_accuracy[position[k]])
+                atomic_write(paths[k], lambda f, o=fold_out: np.savez(f, **o), mode="wb")
+        barrier("folds written")
     parts: dict[str, np.ndarray] = {}
     test_accuracies = []
-    for fold in range(cfg.folds):
-        held_out = fold_of == fold
-        path = workdir / f"fold{fold}.npz"
-        if not path.exists():
-            fitted = fit_run(
-                data["images"][~held_out], data["given_label"][~held_out],
-                num_classes=data["num_classes"], keys=_run_keys(base_key, fold),
-                tag=f"fold{fold}",
-            )  # fmt: skip
-            out = fitted.evaluate(
-                fitted.state, data["images"][held_out], data["given_label"][held_out]
-            )
-            out["test_accuracy"] = np.float64(fitted.test_accuracy)
-            atomic_write(path, lambda f, out=out: np.savez(f, **out), mode="wb")
-            barrier(f"fold{fold} written")
-        else:
-            log(f"fold {fold}: outputs found in {path}, not re-trained")
+    for k, path in enumerate(paths):
+        held_out = fold_of == k
         with np.load(path) as saved:
             test_accuracies.append(float(saved["test_accuracy"]))
-            for name in ("logits", "probs", "p_t", "margin", "pred", "weight"):
+            for name in OUT_OF_SAMPLE:
                 if name not in parts:
                     parts[name] = np.zeros((num_train, *saved[name].shape[1:]), saved[name].dtype)
                 parts[name][held_out] = saved[name]  # Back in canonical order.
     predictions = _predictions(parts, data)
     predictions["fold"] = fold_of
     is_flagged, score = detection.confident_learning(
-        data["given_label"], parts["probs"], filter_by=cfg.cl_filter_by
+        given, parts["probs"], filter_by=cfg.cl_filter_by
     )
     predictions["is_flagged_cl"] = is_flagged
     predictions["cl_score"] = score  # Self-confidence: 1 - out-of-sample p_t.
@@ -590,34 +823,44 @@ def _cross_validated(cfg, data, fit_run, workdir: Path, base_key, log) -> tuple[
     return predictions, extra
 
 
-def _area_under_margin(cfg, data, fit_run, base_key) -> tuple[dict, dict]:
+def _area_under_margin(cfg, data, fit_run, base_key, log) -> tuple[dict, dict]:
     """AUM: two runs, each with its own N/(C+1) threshold examples moved to a fake class C."""
     num_classes = data["num_classes"]
+    num_train = len(data["given_label"])
     runs = detection.assign_threshold_examples(
         jax.random.fold_in(base_key, 5), data["given_label"], num_classes, num_runs=2
     )
-    aums, thresholds, outs, test_accuracies = [], [], [], []
-    for run, (is_threshold, threshold_labels) in enumerate(runs):
-        fitted = fit_run(
-            data["images"], threshold_labels, num_classes=num_classes + 1,
-            keys=_run_keys(base_key, 100 + run), tag=f"aum{run}",
-        )  # fmt: skip
-        aums.append(np.asarray(detection.aum_scores(fitted.aum_sum, fitted.aum_count)))
-        thresholds.append(is_threshold)
-        test_accuracies.append(fitted.test_accuracy)
-        # Per-example outputs over the real classes only, for the given labels.
-        out = fitted.evaluate(fitted.state, data["images"], threshold_labels)
-        outs.append((out, is_threshold))
+    members = [
+        device_loop.Member(
+            labels=np.asarray(threshold_labels),
+            rows=np.arange(num_train),
+            keys=_run_keys(base_key, 100 + run),
+            hparams=_loss_hparams(cfg),
+            tag=f"aum{run}",
+        )
+        for run, (_, threshold_labels) in enumerate(runs)
+    ]
+    trained = fit_members(
+        cfg, fit_run, data["images"], members, stack_tag="aum", log=log,
+        num_classes=num_classes + 1,
+    )  # fmt: skip
+    aums = [
+        np.asarray(detection.aum_scores(fitted.aum_sum[i], fitted.aum_count[i]))
+        for fitted, i in trained
+    ]
+    thresholds = [np.asarray(is_threshold) for is_threshold, _ in runs]
+    test_accuracies = [fitted.test_accuracy[i] for fitted, i in trained]
+    # Per-example outputs over the real classes only, for the given labels.
+    outs = outputs_per_member(trained, data["images"], [m.labels for m in members])
     is_flagged, score = detection.aum_detect(aums, thresholds, percentile=cfg.aum_percentile)
     # The outputs of the run in which each example was not a threshold example (run 0 if neither).
-    out0, thr0 = outs[0]
-    out1, _ = outs[1]
-    logits = np.where(thr0[:, None], out1["logits"], out0["logits"])[:, :num_classes]
+    thr0 = thresholds[0]
+    logits = np.where(thr0[:, None], outs[1]["logits"], outs[0]["logits"])[:, :num_classes]
     probs = np.asarray(jax.nn.softmax(logits, axis=-1))
     labels = data["given_label"]
     p_t = probs[np.arange(len(labels)), labels]
     margin = np.asarray(detection.margins(logits, labels))
-    weight = np.where(thr0, out1["weight"], out0["weight"])
+    weight = np.where(thr0, outs[1]["weight"], outs[0]["weight"])
     out = {"probs": probs, "p_t": p_t, "margin": margin, "pred": logits.argmax(-1),
            "weight": weight}  # fmt: skip
     predictions = _predictions(out, data)
@@ -693,19 +936,21 @@ def train_and_evaluate(
     if cfg.detector == "cl":
         predictions, extra = _cross_validated(cfg, data, fit_run, workdir, base_key, log)
     elif cfg.detector == "aum":
-        predictions, extra = _area_under_margin(cfg, data, fit_run, base_key)
+        predictions, extra = _area_under_margin(cfg, data, fit_run, base_key, log)
     else:
+        given = data["given_label"]
+        member = device_loop.Member(
+            labels=given, rows=np.arange(len(given)), keys=_run_keys(base_key, None),
+            hparams=_loss_hparams(cfg),
+        )  # fmt: skip
         fitted = fit_run(
-            data["images"], data["given_label"], num_classes=data["num_classes"],
-            keys=_run_keys(base_key, None), is_corrupted=data["is_corrupted"],
+            data["images"], [member], num_classes=data["num_classes"],
+            is_corrupted=data["is_corrupted"][None],
         )  # fmt: skip
         # Per-example outputs on the training set, scored against the labels trained on.
-        out = fitted.evaluate(
-            fitted.state, data["images"], data["given_label"],
-            progress=functools.partial(_tqdm, enabled=progress, desc="evaluating", leave=False),
-        )  # fmt: skip
-        predictions = _predictions(out, data)
-        extra = {"test_accuracy": fitted.test_accuracy}
+        out = fitted.outputs(data["images"], given[None])
+        predictions = _predictions({k: v[0] for k, v in out.items()}, data)
+        extra = {"test_accuracy": fitted.test_accuracy[0]}
     atomic_write(
         workdir / "predictions.npz", lambda f: np.savez_compressed(f, **predictions), mode="wb"
     )

@@ -1,0 +1,307 @@
+"""Whole epochs on the devices: the split in device memory, and a stack of models trained together.
+
+For datasets that fit in accelerator memory (MNIST, Fashion-MNIST, CIFAR), the training images are
+put on every device once, and an epoch is one compiled program: the epoch's order is drawn inside
+it, ``lax.scan`` runs the train step over the batches, and nothing returns to the host until the
+epoch ends. The program trains a *stack* of ``M`` models at once: :func:`train.train_step` is
+``jax.vmap``-ed over their train states, loss hyperparameters and PRNG keys, inside the
+data-parallel (pmap or shard_map) program. A stack member can be a fold of K-fold cross-validation
+(it trains on its own subset of the rows), a seed (its own keys and labels), or a value of
+``gamma``/``tau`` (traced, so one compilation).
+
+Same batches as the streaming path (:mod:`input_pipeline`): member ``m`` trains in epoch ``e`` on
+its rows in the order ``jax.random.permutation(fold_in(order_key_m, e), n_m)`` (what
+:func:`input_pipeline.epoch_permutation` computes on the host), cut into global batches of which
+device ``d`` takes rows ``[d * b, (d + 1) * b)``; the ``index`` each step sees is the position in
+the member's own rows, as the streaming path sees it in its compacted arrays. So a stack of one
+trains like the streaming loop, and a stack of M like M runs one after another, up to float
+rounding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from robust_losses_jax import train
+
+Array = jax.Array
+
+# Per-step metrics of train.train_step that are summed over an epoch.
+SUMMED = ("loss_sum", "correct", "low_weight", "count")
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+    """One model of a stack, on the host.
+
+    Attributes:
+      labels: int ``[N]``: the labels this model trains on, for every row of the stack's images.
+      rows: int ``[n]``, increasing: the rows of the images it trains on (``arange(N)``: all).
+      keys: ``(init, step, order)`` PRNG keys: initial weights, augmentation/dropout, batch order.
+      hparams: the loss's hyperparameters (``gamma``, ``tau``, ...), scalars.
+      tag: its name in logs and file names (``fold0``, ...; ``""`` for a lone run).
+    """
+
+    labels: np.ndarray
+    rows: np.ndarray
+    keys: tuple[Array, Array, Array]
+    hparams: Mapping[str, float]
+    tag: str = ""
+
+
+def stack(trees: Sequence[Any]) -> Any:
+    """Pytrees with the same structure -> one pytree whose leaves have a new leading axis."""
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+
+
+def unstack(tree: Any, i: int) -> Any:
+    """Member ``i`` of a stacked pytree."""
+    return jax.tree.map(lambda leaf: leaf[i], tree)
+
+
+def stacked_hparams(members: Sequence[Member]) -> dict[str, Array]:
+    """``{name: float32 [M]}``; every member must name the same hyperparameters."""
+    names = set(members[0].hparams)
+    for member in members:
+        if set(member.hparams) != names:
+            raise ValueError(
+                f"stack members name different hyperparameters: {sorted(names)} and "
+                f"{sorted(member.hparams)}."
+            )
+    return {k: jnp.asarray([m.hparams[k] for m in members], jnp.float32) for k in sorted(names)}
+
+
+@dataclasses.dataclass(frozen=True)
+class StackData:
+    """What the epoch program reads, on the devices (replicated).
+
+    Attributes:
+      images: uint8 ``[N, H, W, C]``, shared by the members.
+      labels: int32 ``[M, N]``: each member's labels.
+      rows: int32 ``[M, n_max]``: each member's rows, padded with 0 past its ``n_m``.
+    """
+
+    images: Array
+    labels: Array
+    rows: Array
+
+
+jax.tree_util.register_dataclass(
+    StackData, data_fields=["images", "labels", "rows"], meta_fields=[]
+)
+
+
+def stack_data(images: np.ndarray, members: Sequence[Member]) -> StackData:
+    """Host arrays of a stack (call :func:`put_replicated` to place them)."""
+    n_max = max(len(m.rows) for m in members)
+    rows = np.zeros((len(members), n_max), np.int32)
+    for i, member in enumerate(members):
+        rows[i, : len(member.rows)] = member.rows
+        if len(member.labels) != len(images):
+            raise ValueError(
+                f"member {member.tag or i} has {len(member.labels)} labels for "
+                f"{len(images)} images."
+            )
+    labels = np.stack([np.asarray(m.labels, np.int32) for m in members])
+    return StackData(images=np.asarray(images, np.uint8), labels=labels, rows=rows)
+
+
+def put_replicated(tree: Any, mesh: Mesh) -> Any:
+    """Place ``tree`` once on every device of ``mesh`` (the epoch program reads it from there)."""
+    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+
+
+# --------------------------------------------------------------------------------------------------
+# The per-device programs (pure; collective over train.AXIS).
+# --------------------------------------------------------------------------------------------------
+
+
+def epoch_order(order_key: Array, epoch: Array, num_rows: int, steps: int, batch: int) -> Array:
+    """``[steps, batch]`` positions ``< num_rows``: the epoch's batches (the rest dropped).
+
+    Equal to ``input_pipeline.epoch_permutation(order_key, epoch, num_rows)``, cut into batches.
+    """
+    order = jax.random.permutation(jax.random.fold_in(order_key, epoch), num_rows)
+    return order[: steps * batch].reshape(steps, batch).astype(jnp.int32)
+
+
+def train_epoch(
+    states: Any,
+    data: StackData,
+    hparams: Mapping[str, Array],
+    step_keys: Array,
+    order_keys: Array,
+    epoch: Array,
+    *,
+    step_fn: Callable,
+    sizes: tuple[int, ...],
+    batch_size: int,
+    steps_per_epoch: int,
+    num_devices: int,
+    axis_name: str = train.AXIS,
+) -> tuple[Any, dict[str, Array]]:
+    """One epoch of every member of the stack, on one device's share of each batch.
+
+    Args:
+      states: the stacked train states (leading axis ``M``), replicated.
+      data: :class:`StackData`, replicated.
+      hparams: ``{name: [M]}``; step_keys, order_keys: ``[M]`` keys.
+      epoch: the epoch number (traced).
+      step_fn: ``(state, batch, hparams, key) -> (state, metrics)``, :func:`train.train_step`
+        with its settings bound.
+      sizes: ``n_m``, the number of rows of each member (static).
+      batch_size: the global batch; ``num_devices`` devices take ``batch_size / num_devices`` each.
+
+    Returns:
+      The new states and, per member: the :data:`SUMMED` metrics ``[M]``, ``finite`` ``[M, S]``
+      (0 where a step was non-finite and skipped), ``margin_sum`` / ``margin_count``
+      ``[M, n_max]`` (each example's training margins this epoch, by position in its rows).
+    """
+    per_device = batch_size // num_devices
+    device = jax.lax.axis_index(axis_name)
+    orders = jnp.stack([
+        epoch_order(order_keys[m], epoch, n, steps_per_epoch, batch_size)
+        for m, n in enumerate(sizes)
+    ])  # fmt: skip
+    local = jax.lax.dynamic_slice_in_dim(orders, device * per_device, per_device, axis=2)
+
+    def step(states, positions):  # positions: [M, b], this device's rows of the global batch.
+        rows = jnp.take_along_axis(data.rows, positions, axis=1)
+        batch = {
+            "image": data.images[rows],
+            "label": jnp.take_along_axis(data.labels, rows, axis=1),
+            "index": positions,
+        }
+        return jax.vmap(step_fn)(states, batch, hparams, step_keys)
+
+    states, metrics = jax.lax.scan(step, states, jnp.swapaxes(local, 0, 1))
+    num_members, n_max = data.rows.shape
+    member = jnp.arange(num_members)[None, :, None]
+    # metrics['index'] / ['margin']: [S, M, B], the whole global batch (all-gathered in the step).
+    zeros = jnp.zeros((num_members, n_max), jnp.float32)
+    out = {k: jnp.sum(metrics[k], axis=0) for k in SUMMED}
+    out["finite"] = jnp.swapaxes(metrics["finite"], 0, 1)
+    out["margin_sum"] = zeros.at[member, metrics["index"]].add(metrics["margin"])
+    out["margin_count"] = zeros.at[member, metrics["index"]].add(1.0).astype(jnp.int32)
+    return states, out
+
+
+def evaluate(
+    states: Any,
+    images: Array,
+    labels: Array,
+    hparams: Mapping[str, Array],
+    *,
+    eval_fn: Callable,
+    batch_size: int,
+    num_devices: int,
+    axis_name: str = train.AXIS,
+) -> dict[str, Array]:
+    """Every member's outputs on every row of ``images``, ``[M, N, ...]`` in canonical order.
+
+    Args:
+      images: uint8 ``[N, H, W, C]``, replicated; labels: int ``[M, N]`` (to score ``p_t``).
+      eval_fn: ``(state, batch, hparams) -> outputs``, :func:`train.eval_step` bound.
+      batch_size: global eval batch; the last batch is padded (with row 0) and the padding cut.
+
+    Returns (replicated): ``logits [M, N, C]``, ``probs`` (softmax), ``p_t``, ``margin``,
+    ``pred``, ``weight``, ``loss`` ``[M, N]``; gathered from the devices on the devices.
+    """
+    num_rows = images.shape[0]
+    per_device = batch_size // num_devices
+    num_batches = -(-num_rows // batch_size)
+    device = jax.lax.axis_index(axis_name)
+    model_eval = jax.vmap(eval_fn, in_axes=(0, {"image": None, "label": 0}, 0))
+
+    def one_batch(_, i):
+        rows = i * batch_size + device * per_device + jnp.arange(per_device)
+        rows = jnp.where(rows < num_rows, rows, 0)
+        return None, model_eval(states, {"image": images[rows], "label": labels[:, rows]}, hparams)
+
+    _, outs = jax.lax.scan(one_batch, None, jnp.arange(num_batches))  # [nb, M, b, ...]
+    outs = jax.lax.all_gather(outs, axis_name, axis=2, tiled=True)  # [nb, M, B, ...]
+
+    def canonical(x):
+        x = jnp.swapaxes(x, 0, 1)
+        return x.reshape(x.shape[0], -1, *x.shape[3:])[:, :num_rows]
+
+    outs = {k: canonical(v) for k, v in outs.items()}
+    outs["probs"] = jax.nn.softmax(outs["logits"], axis=-1)
+    return outs
+
+
+def select_members(outputs: Mapping[str, Array], member_of_row: Array) -> dict[str, Array]:
+    """Row ``i`` of member ``member_of_row[i]`` for every output: ``[M, N, ...] -> [N, ...]``.
+
+    For K-fold cross-validation: each example's outputs from the model that did not train on it.
+    """
+
+    def pick(x):
+        index = member_of_row.reshape(1, -1, *([1] * (x.ndim - 2)))
+        return jnp.take_along_axis(x, index.astype(jnp.int32), axis=0)[0]
+
+    return {k: pick(v) for k, v in outputs.items()}
+
+
+# --------------------------------------------------------------------------------------------------
+# Running them over the mesh.
+# --------------------------------------------------------------------------------------------------
+
+
+def replicated_program(fn: Callable, mesh: Mesh, mode: str = "pmap", *, num_args: int) -> Callable:
+    """Run a per-device ``fn`` whose arguments and results are all replicated over ``mesh``.
+
+    ``fn`` uses the ``'data'`` axis (``axis_index``, collectives) to split the work. ``pmap``:
+    ``jax.pmap`` over the mesh's devices (a device-id argument carries the mapped axis);
+    ``shard_map``: ``jax.jit(jax.shard_map(...))`` with every spec replicated.
+    """
+    if mode not in train.PARALLEL_MODES:
+        raise ValueError(
+            f"Unknown parallel mode {mode!r}; choose from {', '.join(train.PARALLEL_MODES)}."
+        )
+    devices = list(mesh.devices.flat)
+    if mode == "pmap":
+        mapped = jax.pmap(
+            lambda _, *args: fn(*args), axis_name=train.AXIS,
+            in_axes=(0,) + (None,) * num_args, out_axes=None, devices=devices,
+        )  # fmt: skip
+        device_ids = np.arange(len(devices))
+        return lambda *args: mapped(device_ids, *args)
+    return jax.jit(
+        jax.shard_map(
+            fn, mesh=mesh, in_specs=PartitionSpec(), out_specs=PartitionSpec(), check_vma=False
+        )
+    )
+
+
+def train_epoch_program(
+    step_fn: Callable,
+    mesh: Mesh,
+    mode: str,
+    *,
+    sizes: tuple[int, ...],
+    batch_size: int,
+    steps_per_epoch: int,
+) -> Callable:
+    """``(states, data, hparams, step_keys, order_keys, epoch) -> (states, metrics)``."""
+    fn = functools.partial(
+        train_epoch, step_fn=step_fn, sizes=sizes, batch_size=batch_size,
+        steps_per_epoch=steps_per_epoch, num_devices=mesh.devices.size,
+    )  # fmt: skip
+    return replicated_program(fn, mesh, mode, num_args=6)
+
+
+def evaluate_program(eval_fn: Callable, mesh: Mesh, mode: str, *, batch_size: int) -> Callable:
+    """``(states, images, labels, hparams) -> outputs [M, N, ...]``."""
+    fn = functools.partial(
+        evaluate, eval_fn=eval_fn, batch_size=batch_size, num_devices=mesh.devices.size
+    )
+    return replicated_program(fn, mesh, mode, num_args=4)
