@@ -65,6 +65,22 @@ def test_same_seed_same_result_and_resume_matches(tmp_path):
     assert [json.loads(x)["epoch"] for x in lines] == [1, 2, 3]
 
 
+def test_data_on_device_trains_like_streaming(tmp_path):
+    """Same seed, same corruption and batches whether the split lives on the devices (each epoch
+    one compiled program) or is streamed from the host a step at a time."""
+    args = [*BASE, "--loss=power", "--gamma=2", "--delay=1", "--epochs=3"]
+    outputs = {}
+    for placement in ("device", "stream"):
+        workdir = tmp_path / placement
+        assert run.main([*args, f"--data-placement={placement}", f"--workdir={workdir}"]) == 0
+        outputs[placement] = np.load(workdir / "predictions.npz")
+    device, stream = outputs["device"], outputs["stream"]
+    for name in ("given_label", "true_label", "is_corrupted", "pred"):
+        np.testing.assert_array_equal(device[name], stream[name], err_msg=name)
+    for name in ("p_t", "probs", "margin", "weight"):
+        np.testing.assert_allclose(device[name], stream[name], atol=2e-5, err_msg=name)
+
+
 @pytest.mark.parametrize(
     "flags,message",
     [(["--loss=nope"], "Unknown loss 'nope'"),
@@ -93,7 +109,8 @@ def test_same_seed_same_result_and_resume_matches(tmp_path):
      (["--detector=loss"], "Unknown detector 'loss'"),
      (["--detector=cl", "--folds=1"], "folds 1 must be >= 2"),
      (["--detector=cl", "--cl-filter-by=magic"], "Unknown cl filter_by 'magic'"),
-     (["--detector=aum", "--aum-percentile=0"], "aum percentile 0.0 must be in (0, 100]")],
+     (["--detector=aum", "--aum-percentile=0"], "aum percentile 0.0 must be in (0, 100]"),
+     (["--data-placement=gpu"], "Unknown data placement 'gpu'")],
 )  # fmt: skip
 def test_bad_flags_exit_2_with_one_line_and_write_nothing(tmp_path, capsys, flags, message):
     files = {
@@ -129,9 +146,13 @@ def test_cl_detector_k_fold_out_of_sample_probabilities(tmp_path, capsys):
         rows = fold == k
         np.testing.assert_array_equal(pred["probs"][rows], held_out["probs"])
         np.testing.assert_array_equal(pred["p_t"][rows], held_out["p_t"])
-    # Each fold model is a fresh model: its first epoch is logged under its own name.
-    runs = [json.loads(x).get("run") for x in (workdir / "metrics.jsonl").read_text().splitlines()]
-    assert runs == ["fold0", "fold0", "fold1", "fold1", "fold2", "fold2"]
+    # Each fold model is a fresh model, logged under its own name; the three train together
+    # (one vmapped stack), so each epoch logs all three.
+    lines = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [(x["run"], x["epoch"]) for x in lines] == [
+        ("fold0", 1), ("fold1", 1), ("fold2", 1), ("fold0", 2), ("fold1", 2), ("fold2", 2)
+    ]  # fmt: skip
+    assert len({x["train_loss"] for x in lines}) == 6  # Three different models.
     np.testing.assert_allclose(pred["probs"].sum(1), 1.0, rtol=1e-5)
     expected = cleanlab_filter.find_label_issues(
         pred["given_label"], pred["probs"].astype(np.float64), n_jobs=1
@@ -146,6 +167,18 @@ def test_cl_detector_k_fold_out_of_sample_probabilities(tmp_path, capsys):
     assert run.main([*flags, "--resume"]) == 0
     assert (workdir / "fold1.npz").stat().st_mtime_ns == mtime
     np.testing.assert_array_equal(np.load(workdir / "predictions.npz")["probs"], pred["probs"])
+    # One fold after another (--sequential) gives the same numbers up to float rounding.
+    sequential = tmp_path / "cl_sequential"
+    flags = [*flags[:-1], f"--workdir={sequential}", "--sequential"]
+    assert run.main(flags) == 0
+    lines = [json.loads(x) for x in (sequential / "metrics.jsonl").read_text().splitlines()]
+    assert [x["run"] for x in lines] == ["fold0", "fold0", "fold1", "fold1", "fold2", "fold2"]
+    assert sorted(p.name for p in sequential.glob("checkpoints_*")) == [
+        "checkpoints_fold0", "checkpoints_fold1", "checkpoints_fold2"
+    ]  # fmt: skip
+    other = np.load(sequential / "predictions.npz")
+    np.testing.assert_allclose(other["probs"], pred["probs"], atol=2e-5)
+    np.testing.assert_array_equal(other["is_flagged_cl"], pred["is_flagged_cl"])
 
 
 def test_aum_detector_two_runs_with_disjoint_threshold_examples(tmp_path):

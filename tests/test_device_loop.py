@@ -1,0 +1,226 @@
+"""Tests for robust_losses_jax.device_loop: whole epochs on the devices, vmapped model stacks.
+
+The reference for every check is the streaming path (host batches, one pmap'd step at a time,
+:func:`train.train_step`): the compiled epoch must train on the same batches and reach the same
+weights up to float rounding, one model or a stack.
+"""
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from robust_losses_jax import device_loop, models, train
+from robust_losses_jax import input_pipeline as ip
+
+BATCH = 64
+
+
+@pytest.fixture(scope="module")
+def digits():
+    split = ip.load_split("sklearn_digits", "train")
+    mean, std = ip.channel_stats(split.images)
+    return split, jnp.asarray(mean), jnp.asarray(std)
+
+
+def make_member(split, rows, seed, gamma, tag=""):
+    keys = tuple(jax.random.fold_in(jax.random.key(seed), i) for i in range(3))
+    return device_loop.Member(
+        labels=split.labels, rows=np.asarray(rows), keys=keys, hparams={"gamma": gamma, "tau": 0.0},
+        tag=tag,
+    )  # fmt: skip
+
+
+def setting(split, mean, std, model_name, steps_per_epoch, augment=True):
+    model = models.get_model(model_name, 10, bn_axis_name=train.AXIS)
+    tx = train.make_optimizer("sgd", 0.05, total_steps=100)  # Adam would magnify rounding.
+    config = train.StepConfig(
+        loss_name="power", delay_steps=2, steps_per_epoch=steps_per_epoch, augment=augment
+    )
+    init = functools.partial(
+        train.create_train_state, model=model, image_shape=split.images.shape[1:], tx=tx
+    )
+    return init, config
+
+
+def streaming_epochs(split, mean, std, member, *, model_name, epochs, devices, mode="pmap"):
+    """The reference: one member, host batches of its rows, one parallel step at a time."""
+    steps = len(member.rows) // BATCH
+    init, config = setting(split, mean, std, model_name, steps)
+    mesh = train.data_mesh(devices)
+    step = functools.partial(
+        train.train_step, config=config, key=member.keys[1], mean=mean, std=std
+    )
+    fn = train.parallelize(step, mesh, mode)
+    state = train.replicate(init(member.keys[0]), mesh)
+    hparams = {k: jnp.float32(v) for k, v in member.hparams.items()}
+    images, labels = split.images[member.rows], split.labels[member.rows]
+    margins = []
+    for epoch in range(epochs):
+        order = ip.epoch_permutation(member.keys[2], epoch, len(member.rows))
+        for batch in ip.train_batches(images, labels, order, BATCH, len(devices)):
+            state, metrics = fn(state, jax.device_put(batch, train.batch_sharding(mesh)), hparams)
+            margins.append(jax.device_get(metrics["margin"]))
+    return state, np.concatenate(margins)
+
+
+def device_epochs(split, mean, std, members, *, model_name, epochs, devices, mode="pmap"):
+    """The stack: every epoch one compiled program for all members."""
+    steps = len(members[0].rows) // BATCH
+    init, config = setting(split, mean, std, model_name, steps)
+    mesh = train.data_mesh(devices)
+
+    def step_fn(state, batch, hparams, key):
+        return train.train_step(state, batch, hparams, config=config, key=key, mean=mean, std=std)
+
+    program = device_loop.train_epoch_program(
+        step_fn, mesh, mode, sizes=tuple(len(m.rows) for m in members), batch_size=BATCH,
+        steps_per_epoch=steps,
+    )  # fmt: skip
+    states = train.replicate(device_loop.stack([init(m.keys[0]) for m in members]), mesh)
+    data = device_loop.put_replicated(device_loop.stack_data(split.images, members), mesh)
+    hparams = device_loop.stacked_hparams(members)
+    step_keys = jnp.stack([m.keys[1] for m in members])
+    order_keys = jnp.stack([m.keys[2] for m in members])
+    metrics = []
+    for epoch in range(epochs):
+        states, out = program(states, data, hparams, step_keys, order_keys, jnp.int32(epoch))
+        metrics.append(jax.device_get(out))
+    return states, metrics
+
+
+def assert_trees_close(a, b, atol):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=0)
+
+
+def test_epoch_order_is_the_host_permutation_cut_into_batches():
+    key = jax.random.key(7)
+    order = jax.jit(device_loop.epoch_order, static_argnums=(2, 3, 4))(key, 3, 100, 6, 16)
+    chex.assert_shape(order, (6, 16))
+    np.testing.assert_array_equal(np.asarray(order).ravel(), ip.epoch_permutation(key, 3, 100)[:96])
+
+
+@pytest.mark.parametrize("mode", ["pmap", "shard_map"])
+def test_a_compiled_epoch_trains_like_the_streaming_steps(digits, mode):
+    """Small CNN with dropout and augmentation, 8 devices, two epochs (the delay switches the
+    loss on mid-way): same weights and the same per-step margins as host-fed steps."""
+    split, mean, std = digits
+    member = make_member(split, np.arange(640), seed=0, gamma=2.0)
+    devices = jax.local_devices()[:8]
+    ref_state, ref_margins = streaming_epochs(
+        split, mean, std, member, model_name="small_cnn", epochs=2, devices=devices
+    )
+    states, metrics = device_epochs(
+        split, mean, std, [member], model_name="small_cnn", epochs=2, devices=devices, mode=mode
+    )
+    assert_trees_close(device_loop.unstack(states, 0).params, ref_state.params, atol=1e-5)
+    assert int(np.ravel(states.step)[0]) == int(ref_state.step) == 20
+    # Each example's margins summed over the epoch: the same batches, in the same order.
+    ref_epoch0 = np.zeros(640)
+    order = ip.epoch_permutation(member.keys[2], 0, 640)[:640]
+    np.add.at(ref_epoch0, order, ref_margins[:640])
+    np.testing.assert_allclose(metrics[0]["margin_sum"][0], ref_epoch0, atol=1e-4)
+    np.testing.assert_array_equal(metrics[0]["margin_count"][0], np.ones(640))
+    np.testing.assert_array_equal(metrics[1]["finite"], np.ones((1, 10)))
+    assert metrics[1]["count"][0] == 640
+
+
+def test_one_device_and_eight_devices_agree(digits):
+    split, mean, std = digits
+    member = make_member(split, np.arange(512), seed=1, gamma=1.0)
+    states = [
+        device_epochs(
+            split,
+            mean,
+            std,
+            [member],
+            model_name="small_cnn",
+            epochs=1,
+            devices=jax.local_devices()[:n],
+        )[0]
+        for n in (1, 8)
+    ]
+    assert_trees_close(states[0].params, states[1].params, atol=1e-5)
+
+
+@pytest.mark.parametrize("model_name", ["small_cnn", "resnet_tiny"])
+def test_a_vmapped_stack_trains_each_member_as_if_alone(digits, model_name):
+    """Three members with their own rows (K-fold style), keys and gamma: the stack's weights
+    equal each member trained alone by the streaming loop (BatchNorm statistics included)."""
+    split, mean, std = digits
+    n = 960
+    fold_of = np.arange(n) % 3
+    members = [
+        make_member(
+            split,
+            np.flatnonzero(fold_of != k),
+            seed=10 + k,
+            gamma=[0.0, 1.0, 2.0][k],
+            tag=f"fold{k}",
+        )
+        for k in range(3)
+    ]
+    devices = jax.local_devices()[:4]
+    states, metrics = device_epochs(
+        split, mean, std, members, model_name=model_name, epochs=1, devices=devices
+    )
+    chex.assert_tree_shape_prefix(states.params, (3,))
+    for k, member in enumerate(members):
+        alone, _ = streaming_epochs(
+            split, mean, std, member, model_name=model_name, epochs=1, devices=devices
+        )
+        stacked = device_loop.unstack(states, k)
+        assert_trees_close(stacked.params, alone.params, atol=2e-5)
+        assert_trees_close(stacked.batch_stats, alone.batch_stats, atol=2e-5)
+        # Margins are recorded by position in the member's own rows, each once per epoch.
+        np.testing.assert_array_equal(metrics[0]["margin_count"][k], np.ones(640))
+    # Members really differ: different rows, keys and losses give different weights.
+    p = [np.asarray(jax.tree.leaves(device_loop.unstack(states, k).params)[0]) for k in range(3)]
+    assert not np.allclose(p[0], p[1]) and not np.allclose(p[1], p[2])
+
+
+def test_stacked_evaluation_is_every_member_on_every_row_in_canonical_order(digits):
+    split, mean, std = digits
+    members = [make_member(split, np.arange(512), seed=s, gamma=1.0) for s in (0, 1)]
+    devices = jax.local_devices()[:8]
+    states, _ = device_epochs(
+        split, mean, std, members, model_name="mlp", epochs=1, devices=devices
+    )
+    _, config = setting(split, mean, std, "mlp", 8)
+    mesh = train.data_mesh(devices)
+    eval_step = functools.partial(train.eval_step, config=config, mean=mean, std=std)
+    program = device_loop.evaluate_program(eval_step, mesh, "pmap", batch_size=96)
+    num_rows = 500  # Not a multiple of the eval batch: the last batch is padded, then cut.
+    images = split.images[:num_rows]
+    labels = np.stack([split.labels[:num_rows], (split.labels[:num_rows] + 1) % 10])
+    hparams = device_loop.stacked_hparams(members)
+    out = jax.device_get(program(states, jnp.asarray(images), jnp.asarray(labels), hparams))
+    chex.assert_shape(out["logits"], (2, num_rows, 10))
+    chex.assert_shape([out["p_t"], out["pred"], out["margin"]], (2, num_rows))
+    lone_eval = train.parallelize(eval_step, mesh, "pmap", collective=False)
+    for m in range(2):
+        state = device_loop.unstack(states, m)
+        expected = train.evaluate(
+            lone_eval, state, images, labels[m], device_loop.unstack(hparams, m), mesh=mesh,
+            batch_size=96,
+        )  # fmt: skip
+        for name in ("logits", "p_t", "probs", "margin"):
+            np.testing.assert_allclose(out[name][m], expected[name], atol=1e-5, err_msg=name)
+        np.testing.assert_array_equal(out["pred"][m], expected["pred"])
+    # Picking each row from one member (K-fold's out-of-sample rows), on the devices.
+    member_of_row = np.arange(num_rows) % 2
+    picked = jax.device_get(device_loop.select_members(out, jnp.asarray(member_of_row)))
+    np.testing.assert_array_equal(picked["logits"][0::2], out["logits"][0, 0::2])
+    np.testing.assert_array_equal(picked["p_t"][1::2], out["p_t"][1, 1::2])
+
+
+def test_members_must_name_the_same_hyperparameters(digits):
+    split, _, _ = digits
+    a = make_member(split, np.arange(10), seed=0, gamma=1.0)
+    b = device_loop.Member(labels=split.labels, rows=np.arange(10), keys=a.keys, hparams={"q": 1})
+    with pytest.raises(ValueError, match="different hyperparameters"):
+        device_loop.stacked_hparams([a, b])
