@@ -8,6 +8,7 @@ import math
 
 import chex
 import hypothesis
+import hypothesis.extra.numpy as hnp
 import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
@@ -467,3 +468,206 @@ BAD_ARGUMENTS = [
 def test_bad_arguments_raise_clear_errors(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+# --------------------------------------------------------------------------------------------------
+# Property tests: transition-matrix and asymmetric noise on random problems.
+# --------------------------------------------------------------------------------------------------
+
+# Every new (N, C) compiles the transition and asymmetric corruptions once (about a second on the
+# CI machine), so N comes from a few sizes; C is free in [2, 12]. PREFIX is one of the sizes.
+PROPERTY_SIZES = (0, 7, 100)
+PREFIX = 7
+seeds = st.integers(0, 2**31 - 1)
+
+
+def labels_of(num_classes, n):
+    return hnp.arrays(np.int32, n, elements=st.integers(0, num_classes - 1))
+
+
+@st.composite
+def stochastic_rows(draw, num_classes, y):
+    """Row ``T[y]``: dense, sparse (some zeros), the identity row, or all mass on one class."""
+    shape = draw(st.sampled_from(["dense", "sparse", "identity", "one_hot"]))
+    if shape == "identity":
+        return np.eye(num_classes)[y]
+    if shape == "one_hot":
+        return np.eye(num_classes)[draw(st.integers(0, num_classes - 1))]
+    weights = draw(hnp.arrays(np.float64, num_classes, elements=st.floats(0.01, 1.0)))
+    if shape == "sparse":
+        keep = draw(hnp.arrays(np.bool_, num_classes))
+        keep[draw(st.integers(0, num_classes - 1))] = True
+        weights = np.where(keep, weights, 0.0)
+    return weights / weights.sum()
+
+
+@st.composite
+def transition_matrices(draw, num_classes):
+    """Row-stochastic float64 ``[C, C]``; rows of mixed shapes (:func:`stochastic_rows`)."""
+    return np.stack([draw(stochastic_rows(num_classes, y)) for y in range(num_classes)])
+
+
+@st.composite
+def transition_cases(draw, sizes=PROPERTY_SIZES):
+    num_classes = draw(st.integers(2, 12))
+    labels = draw(labels_of(num_classes, draw(st.sampled_from(sizes))))
+    return draw(seeds), labels, num_classes, draw(transition_matrices(num_classes))
+
+
+def corrupt_transition(seed, labels, num_classes, matrix):
+    return as_numpy(
+        *corruption.corrupt_labels(key(seed), labels, num_classes, 0.0, "transition", matrix)
+    )
+
+
+@hypothesis.settings(max_examples=30, deadline=None)
+@hypothesis.given(transition_cases())
+def test_property_transition_draws_only_allowed_labels(case):
+    seed, labels, num_classes, matrix = case
+    noisy, flipped = corrupt_transition(seed, labels, num_classes, matrix)
+    assert np.all((noisy >= 0) & (noisy < num_classes))
+    np.testing.assert_array_equal(flipped, noisy != labels)
+    # A label of probability T[y, j] == 0 is never drawn; so an identity row never flips.
+    assert np.all(matrix[labels, noisy] > 0), matrix[labels, noisy]
+    is_identity_row = np.diagonal(matrix) == 1.0
+    assert not flipped[is_identity_row[labels]].any()
+    # All-mass-on-j rows always give j.
+    certain = matrix.max(axis=1) == 1.0
+    np.testing.assert_array_equal(
+        noisy[certain[labels]], matrix.argmax(axis=1)[labels][certain[labels]]
+    )
+    chex.assert_trees_all_equal(
+        (noisy, flipped), corrupt_transition(seed, labels, num_classes, matrix)
+    )
+    report = corruption.noise_report(labels, noisy, num_classes)
+    assert report["num_corrupted"] == flipped.sum()
+    np.testing.assert_array_equal(report["counts"][matrix == 0], 0)
+
+
+@hypothesis.settings(max_examples=25, deadline=None)
+@hypothesis.given(transition_cases(sizes=(100,)), st.data())
+def test_property_transition_example_depends_on_key_index_and_own_label(case, data):
+    """No "which examples" stream: example i's label comes from (key, i, labels[i]) alone, so
+    corrupting the first PREFIX examples on their own gives the prefix of the whole split, and
+    relabelling the other examples changes nothing here."""
+    seed, labels, num_classes, matrix = case
+    noisy, flipped = corrupt_transition(seed, labels, num_classes, matrix)
+    alone = corrupt_transition(seed, labels[:PREFIX], num_classes, matrix)
+    chex.assert_trees_all_equal((noisy[:PREFIX], flipped[:PREFIX]), alone)
+    changed = data.draw(hnp.arrays(np.bool_, labels.size), label="changed")
+    relabelled = np.where(changed, data.draw(labels_of(num_classes, labels.size)), labels)
+    other_noisy, _ = corrupt_transition(seed, relabelled, num_classes, matrix)
+    np.testing.assert_array_equal(other_noisy[~changed], noisy[~changed])
+
+
+@hypothesis.settings(max_examples=25, deadline=None)
+@hypothesis.given(
+    seed=seeds,
+    num_classes=st.integers(2, 12),
+    rate=st.floats(0.0, 1.0, exclude_max=True),
+    data=st.data(),
+)
+def test_property_symmetric_subset_keeps_each_flipped_examples_new_label(
+    seed, num_classes, rate, data
+):
+    """Corrupting a prefix on its own draws other flips, but an example flipped both ways gets the
+    same new label (from fold_in(fold_in(key, 1), i)); the prefix of the whole is consistent."""
+    labels = data.draw(labels_of(num_classes, 100), label="labels")
+    noisy, flipped = as_numpy(*corruption.corrupt_labels(key(seed), labels, num_classes, rate))
+    alone, alone_flipped = as_numpy(
+        *corruption.corrupt_labels(key(seed), labels[:PREFIX], num_classes, rate)
+    )
+    assert alone_flipped.sum() == round(rate * PREFIX)
+    both = flipped[:PREFIX] & alone_flipped
+    np.testing.assert_array_equal(noisy[:PREFIX][both], alone[both])
+    np.testing.assert_array_equal(flipped[:PREFIX], noisy[:PREFIX] != labels[:PREFIX])
+
+
+@st.composite
+def asymmetric_cases(draw):
+    """A random map: any set of source classes (maybe none, maybe all), each to another class."""
+    num_classes = draw(st.integers(2, 12))
+    labels = draw(labels_of(num_classes, draw(st.sampled_from(PROPERTY_SIZES))))
+    sources = sorted(draw(st.sets(st.integers(0, num_classes - 1))))
+
+    def other_class(source):
+        return st.integers(0, num_classes - 2).map(lambda t: t + (t >= source))
+
+    mapping = {s: draw(other_class(s)) for s in sources}
+    remapped = {s: draw(other_class(s)) for s in sources}  # Same sources, other targets.
+    rate = draw(st.one_of(st.floats(0.0, 1.0, exclude_max=True), st.sampled_from(RATES)))
+    return draw(seeds), labels, num_classes, rate, mapping, remapped
+
+
+def corrupt_asymmetric(seed, labels, num_classes, rate, mapping):
+    return as_numpy(
+        *corruption.corrupt_labels(
+            key(seed), labels, num_classes, rate, "asymmetric", asymmetric_map=mapping
+        )
+    )
+
+
+@hypothesis.settings(max_examples=30, deadline=None)
+@hypothesis.given(asymmetric_cases())
+def test_property_asymmetric_exact_counts_per_source_class(case):
+    seed, labels, num_classes, rate, mapping, remapped = case
+    noisy, flipped = corrupt_asymmetric(seed, labels, num_classes, rate, mapping)
+    assert np.all((noisy >= 0) & (noisy < num_classes))
+    np.testing.assert_array_equal(flipped, noisy != labels)
+    np.testing.assert_array_equal(noisy[~flipped], labels[~flipped])
+    for c in range(num_classes):
+        in_class = labels == c
+        want = round(rate * in_class.sum()) if c in mapping else 0  # Python's round.
+        assert flipped[in_class].sum() == want, (c, in_class.sum(), rate)
+        assert np.all(noisy[in_class & flipped] == mapping.get(c, c))
+    target = np.asarray(corruption.asymmetric_map_array(mapping, num_classes))
+    again = corrupt_asymmetric(seed, labels, num_classes, rate, target)  # The same map as [C].
+    chex.assert_trees_all_equal((noisy, flipped), again)
+    # Which examples flip comes from the key and the sources, never from the targets.
+    _, other_flipped = corrupt_asymmetric(seed, labels, num_classes, rate, remapped)
+    np.testing.assert_array_equal(other_flipped, flipped)
+
+
+@st.composite
+def invalid_transitions(draw):
+    """``(matrix, problem, bad row)``: a valid matrix with one row (or the shape) broken."""
+    num_classes = draw(st.integers(2, 12))
+    matrix = draw(transition_matrices(num_classes))
+    row, col = draw(st.integers(0, num_classes - 1)), draw(st.integers(0, num_classes - 1))
+    problem = draw(st.sampled_from(["negative", "nan", "row_sum", "not_square", "within_atol"]))
+    if problem == "negative":
+        matrix[row, col] = -draw(st.floats(1e-12, 10.0))
+    elif problem == "nan":
+        matrix[row, col] = np.nan
+    elif problem == "row_sum":  # Off by more than TRANSITION_ATOL (1e-6), entries still >= 0.
+        matrix[row] *= draw(st.one_of(st.floats(0.0, 1 - 1e-5), st.floats(1 + 1e-5, 3.0)))
+    elif problem == "within_atol":
+        matrix[row] *= 1 + draw(st.floats(-5e-7, 5e-7))
+    else:
+        matrix = draw(
+            st.sampled_from([matrix[:, :-1], matrix[:-1], np.pad(matrix, ((0, 0), (0, 1)))])
+        )
+    return num_classes, matrix, problem, row
+
+
+@hypothesis.settings(max_examples=50, deadline=None)
+@hypothesis.given(invalid_transitions())
+def test_property_invalid_transition_raises_naming_row_and_value(case):
+    num_classes, matrix, problem, row = case
+    labels = np.zeros(PREFIX, np.int32)
+    if problem == "within_atol":
+        checked = corruption.check_transition(matrix, num_classes)
+        chex.assert_type(checked, jnp.float32)
+        np.testing.assert_array_equal(checked, matrix.astype(np.float32))
+        return
+    with pytest.raises(ValueError) as error:
+        corruption.corrupt_labels(key(), labels, num_classes, 0.0, "transition", matrix)
+    message = str(error.value)
+    if problem == "not_square":
+        assert f"= [{num_classes}, {num_classes}]; got {list(matrix.shape)}" in message
+    elif problem == "row_sum":
+        total = float(np.asarray(matrix, np.float64).sum(axis=1)[row])
+        assert f"transition row {row} sums to {total!r}; rows must sum to 1" in message
+    else:
+        assert f"transition row {row} has a negative or NaN entry: " in message
+        assert repr(float(matrix[row].min()) if problem == "negative" else np.nan) in message

@@ -1,5 +1,6 @@
 """experiments.sweep and experiments.report end to end on a tiny real grid (sklearn digits)."""
 
+import argparse
 import csv
 import json
 
@@ -66,3 +67,206 @@ def test_report_writes_every_plot(swept):
 def test_report_on_a_folder_without_runs_exits_2(tmp_path, capsys):
     assert report.main([str(tmp_path)]) == 2
     assert "holds no finished run" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------------
+# Bad inputs: exit code 2, one line naming the bad value, nothing written.
+# --------------------------------------------------------------------------------------------------
+
+SMALL_GRID = {"--losses": "ce", "--delays": "0", "--noise": "symmetric:0.2", "--detectors": "pt",
+              "--seeds": "0"}  # fmt: skip
+
+
+def sweep_argv(workdir, flags=(), run_flags=()):
+    """SMALL_GRID with ``flags`` (``--name=value`` replaces that axis; others are added)."""
+    grid, extra = dict(SMALL_GRID), []
+    for flag in flags:
+        name, eq, value = flag.partition("=")
+        if eq and name in grid:
+            grid[name] = value
+        else:
+            extra.append(flag)
+    return [*(f"{k}={v}" for k, v in grid.items()), *extra, "--no-progress",
+            f"--workdir={workdir}", "--", *RUN_FLAGS, *run_flags]  # fmt: skip
+
+
+def exit_code(argv):
+    """``sweep.main``'s exit code (its own argparse exits, as under ``python -m``)."""
+    try:
+        return sweep.main(argv)
+    except SystemExit as error:
+        return error.code
+
+
+def unvalidated(reason):
+    return pytest.mark.xfail(strict=True, reason=f"not validated before work starts: {reason}")
+
+
+# A case whose input the sweep does not refuse adds --dry-run: the dry run checks every cell as
+# the real one does, and then stops instead of training.
+BAD_SWEEPS = [
+    pytest.param(["--losses=ce;nope"], [], "Unknown loss 'nope'", id="unknown-loss"),
+    pytest.param(["--losses=power:gamma=abc"], [],
+                 "loss hyperparameter 'gamma=abc' in 'power:gamma=abc' is not a number",
+                 id="loss-hparam-not-a-number"),
+    pytest.param(["--losses=power:gamma"], [],
+                 "loss hyperparameter 'gamma' in 'power:gamma' must be key=value",
+                 id="loss-hparam-not-key-value"),
+    pytest.param(["--losses=ce;power:gamma=-1"], [], "gamma=-1.0 is outside its domain",
+                 id="gamma-negative"),
+    pytest.param(["--losses=power:gamma=nan"], [], "gamma=nan is outside its domain",
+                 id="gamma-nan"),
+    pytest.param(["--losses=focal:gamma=-0.5"], [], "focal: gamma=-0.5 is outside its domain",
+                 id="focal-gamma-negative"),
+    pytest.param(["--losses=cutoff:tau=1"], [],
+                 "tau=1.0 is outside its domain; allowed: 0 <= tau < 1", id="tau-one"),
+    pytest.param(["--losses=cutoff:tau=-0.1"], [], "tau=-0.1 is outside its domain",
+                 id="tau-negative"),
+    pytest.param(["--losses=gce:gamma=2"], [], "does not take gamma", id="hparam-not-of-loss"),
+    pytest.param(["--losses=;"], [], "the grid is empty", id="no-losses"),
+    pytest.param(["--delays=default,soon"], [], "delay 'soon' must be 'default' or an int",
+                 id="delay-not-int"),
+    pytest.param(["--delays=-1"], [], "delay -1 must be >= 0", id="delay-negative"),
+    pytest.param(["--noise=symmetric"], [], "noise setting 'symmetric' must be kind:rate",
+                 id="noise-without-rate"),
+    pytest.param(["--noise=symmetric:high"], [],
+                 "noise setting 'symmetric:high' must be kind:rate", id="noise-rate-not-a-number"),
+    pytest.param(["--noise=symmetric:0.2,symmetric:1"], [], "noise rate 1.0 must be in [0, 1)",
+                 id="noise-rate-one"),
+    pytest.param(["--noise=symmetric:-0.1"], [], "noise rate -0.1 must be in [0, 1)",
+                 id="noise-rate-negative"),
+    pytest.param(["--noise=symmetric:nan"], [], "noise rate nan must be in [0, 1)",
+                 id="noise-rate-nan"),
+    pytest.param(["--noise=pairflip:0.2"], [], "Unknown noise kind 'pairflip'",
+                 id="unknown-noise-kind"),
+    pytest.param(["--noise=transition:0"], [], "noise kind 'transition' needs a transition matrix",
+                 id="transition-without-matrix"),
+    pytest.param(["--noise=transition:0"], ["--transition={tmp}/t.json"],
+                 "transition row 1 sums to 0.5", id="transition-not-stochastic"),
+    pytest.param(["--detectors=pt,loss"], [], "Unknown detector 'loss'", id="unknown-detector"),
+    pytest.param(["--detectors=cl"], ["--folds=1"], "folds 1 must be >= 2", id="folds-one"),
+    pytest.param(["--detectors=aum"], ["--aum-percentile=0"],
+                 "aum percentile 0.0 must be in (0, 100]", id="aum-percentile-zero"),
+    pytest.param(["--seeds=0,1.5"], [], "'1.5'", id="seed-not-int"),
+    pytest.param(["--seeds="], [], "the grid is empty", id="no-seeds"),
+    pytest.param([], ["--model=vgg"], "Unknown model 'vgg'", id="unknown-model"),
+    pytest.param([], ["--optimizer=rmsprop"], "Unknown optimizer 'rmsprop'",
+                 id="unknown-optimizer"),
+    pytest.param([], ["--epochs=0"], "epochs 0 must be >= 1", id="epochs-zero"),
+    pytest.param([], ["--batch-size=60"],
+                 "batch size 60 is not a positive multiple of the device count 8",
+                 id="batch-size-not-divisible"),
+    pytest.param([], ["--eval-batch-size=100"],
+                 "eval batch size 100 is not a positive multiple of the device count 8",
+                 id="eval-batch-size-not-divisible"),
+    pytest.param([], ["--pt-threshold=1"], "p_t threshold 1.0 must be in (0, 1)",
+                 id="pt-threshold-one"),
+    pytest.param([], ["--lr=0"], "learning rate 0.0 must be > 0", id="lr-zero"),
+    pytest.param(["--dry-run"], ["--dataset=nope"], "Unknown dataset 'nope'",
+                 id="unknown-dataset",
+                 marks=unvalidated("an unknown dataset passes every check; the run then writes "
+                                   "its config.json and dies with a traceback (exit 1)")),
+    pytest.param(["--noise=asymmetric:0.2", "--dry-run"], [], "No asymmetric map",
+                 id="asymmetric-without-map",
+                 marks=unvalidated("asymmetric noise on a dataset without a map (sklearn_digits) "
+                                   "fails only in the run, with a traceback")),
+    pytest.param(["--losses=ce:noise_rate=0.9", "--dry-run"], [], "noise_rate",
+                 id="loss-hparam-is-a-run-flag",
+                 marks=unvalidated("a loss 'hyperparameter' named like a runner flag becomes "
+                                   "that flag: noise rate 0.9 in a cell named symmetric0.2")),
+    pytest.param(["--losses=power:gam=2", "--dry-run"], [], "gam",
+                 id="loss-hparam-abbreviated",
+                 marks=unvalidated("argparse's prefix matching takes 'gam' as --gamma")),
+    pytest.param(["--losses=power:gamma=0.5,gamma=2", "--dry-run"], [], "gamma",
+                 id="loss-hparam-repeated",
+                 marks=unvalidated("a repeated hyperparameter: the last value wins silently")),
+    pytest.param(["--dry-run"], ["--seed=7"], "--seed", id="run-flag-overrides-grid-axis",
+                 marks=unvalidated("a run flag after -- overrides the grid's axis: the cell "
+                                   "named s0 runs seed 7")),
+    pytest.param(["--losses=ce:foo=1"], [], "unrecognized arguments: --foo=1.0",
+                 id="loss-hparam-unknown",
+                 marks=pytest.mark.xfail(strict=True, reason="exit 2, but argparse prints the "
+                                         "runner's usage (about 25 lines) before its one line")),
+    pytest.param([], ["--epochs=two"], "invalid int value: 'two'", id="run-flag-not-a-number",
+                 marks=pytest.mark.xfail(strict=True, reason="exit 2, but argparse prints the "
+                                         "runner's usage (about 25 lines) before its one line")),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("flags", "run_flags", "message"), BAD_SWEEPS)
+def test_bad_sweep_input_exits_2_with_one_line_and_writes_nothing(
+    tmp_path, capsys, flags, run_flags, message
+):
+    (tmp_path / "t.json").write_text(json.dumps([[1.0, 0.0], [0.25, 0.25]]))
+    run_flags = [f.format(tmp=tmp_path) for f in run_flags]
+    workdir = tmp_path / "sweep"
+    assert exit_code(sweep_argv(workdir, flags, run_flags)) == 2
+    assert not workdir.exists()
+    err = capsys.readouterr().err.strip()
+    assert message in err, err
+    assert len(err.splitlines()) == 1 and "error: " in err, err
+
+
+def a_cell(run_flags=()):
+    """The single cell of SMALL_GRID and its config with ``run_flags`` added."""
+    from experiments import run
+
+    args = argparse.Namespace(**{k[2:]: v for k, v in SMALL_GRID.items()})
+    (cell,) = sweep.grid(args)
+    return cell, run.build_config(run.parse_args([*cell.flags(), *RUN_FLAGS, *run_flags]))
+
+
+def snapshot(folder):
+    return {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize(
+    ("config_text", "message"),
+    [
+        (lambda: json.dumps(a_cell(["--model=small_cnn"])[1].to_json()),
+         "holds a run with a different config (model: 'small_cnn' -> 'mlp')"),
+        (lambda: "{not json", "config.json is unreadable"),
+    ],
+    ids=["other-config", "unreadable-config"],
+)  # fmt: skip
+def test_a_cell_folder_holding_another_run_is_refused(tmp_path, capsys, config_text, message):
+    workdir = tmp_path / "sweep"
+    cell_dir = workdir / a_cell()[0].name
+    cell_dir.mkdir(parents=True)
+    (cell_dir / "config.json").write_text(config_text())
+    before = snapshot(workdir)
+    assert exit_code(sweep_argv(workdir)) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert snapshot(workdir) == before  # Untouched.
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the refusal says 'use another --workdir or --overwrite' (check_workdir's advice to "
+    "the runner), but experiments.sweep has no --overwrite",
+)
+def test_a_refusal_advises_only_flags_the_sweep_accepts(tmp_path, capsys):
+    workdir = tmp_path / "sweep"
+    cell_dir = workdir / a_cell()[0].name
+    cell_dir.mkdir(parents=True)
+    (cell_dir / "config.json").write_text(
+        json.dumps(a_cell(["--epochs=3", "--lr=0.1"])[1].to_json())
+    )
+    assert exit_code(sweep_argv(workdir)) == 2
+    if "--overwrite" in capsys.readouterr().err:
+        assert exit_code(sweep_argv(workdir, ["--overwrite", "--dry-run"])) == 0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="not validated before work starts: a --workdir that is a file passes every check, "
+    "then mkdir raises FileExistsError (a traceback, not exit 2)",
+)
+def test_a_workdir_that_is_a_file_is_refused(tmp_path, capsys):
+    workdir = tmp_path / "sweep"
+    workdir.write_text("not a folder")
+    assert exit_code(sweep_argv(workdir)) == 2
+    err = capsys.readouterr().err.strip()
+    assert str(workdir) in err and len(err.splitlines()) == 1, err
+    assert workdir.read_text() == "not a folder"
