@@ -26,7 +26,8 @@ from robust_losses_jax.config import Config  # noqa: E402
 LOSS_FLAGS = ("gamma", "tau", "q", "alpha", "beta", "epsilon", "min_prob", "label_clamp")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """The runner's flags (``experiments.sweep`` reuses them after ``--``)."""
     d = Config()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add = p.add_argument
@@ -93,6 +94,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="train the CL folds / AUM runs one after another instead of vmapped together",
     )
+    add(
+        "--compilation-cache",
+        default=xla_setup.default_compilation_cache(),
+        help="JAX's persistent compilation cache directory ('' to turn it off)",
+    )
     add("--data-dir", default=None, help="tfds data directory")
     add("--workdir", default="workdir/run")
     add("--resume", action="store_true", help="continue from the latest checkpoint")
@@ -110,7 +116,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="multi-host with settings from the environment (TPU pod slices, SLURM)",
     )
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def build_config(args: argparse.Namespace) -> Config:
@@ -143,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import jax
 
+    xla_setup.enable_compilation_cache(args.compilation_cache)
     if args.distributed or args.coordinator_address or (args.num_processes or 1) > 1:
         try:
             xla_setup.initialize_distributed(
@@ -153,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
 
     from robust_losses_jax import config as config_lib
-    from robust_losses_jax import experiment
+    from robust_losses_jax import experiment, input_pipeline
 
     try:
         cfg = build_config(args)
@@ -170,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     except (experiment.NonFiniteError, experiment.CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)  # One line; no summary was written.
         return 1
+    except input_pipeline.DatasetUnavailableError as error:
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
     if experiment.is_writer():
         print(experiment.one_line_summary(cfg, summary))
     return 0

@@ -5,12 +5,14 @@
         --detectors=pt --seeds=0,1,2 -- --epochs=20 --train-size=10000
     python -m experiments.sweep --dry-run                               # list the cells
 
-Flags after ``--`` go to every run (``python -m experiments.run --help``). Every cell is
-validated before any work starts. A cell whose ``summary.json`` exists is not re-run, so a killed
-sweep resumes where it stopped. After each cell, ``results.csv`` (one row per run and detector)
-and ``results.md`` (mean ± std over seeds) are rewritten atomically from every finished run in
-the workdir (so several sweeps into one workdir add up; runs whose dataset, model, epochs or
-train size differ are never averaged together).
+Flags after ``--`` go to every run (``python -m experiments.run --help``; exact names, none that
+the sweep sets per cell such as ``--seed``). Every cell is validated before any work starts: a bad
+input is one ``error:`` line on stderr, exit code 2, nothing written. A cell whose
+``summary.json`` exists is not re-run, so a killed sweep resumes where it stopped. After each
+cell, ``results.csv`` (one row per run and detector) and ``results.md`` (mean ± std over seeds)
+are rewritten atomically from every finished run in the workdir (so several sweeps into one
+workdir add up; runs whose dataset, model, epochs or train size differ are never averaged
+together).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import json
 import sys
 from collections import defaultdict
 from pathlib import Path
+from typing import Any, NoReturn
 
 from robust_losses_jax import xla_setup
 
@@ -55,17 +58,31 @@ METRICS = (
 
 
 def parse_losses(text: str) -> list[tuple[str, dict[str, float]]]:
-    """``"ce;power:gamma=2,tau=0.1"`` -> ``[("ce", {}), ("power", {"gamma": 2.0, "tau": 0.1})]``."""
+    """``"ce;power:gamma=2,tau=0.1"`` -> ``[("ce", {}), ("power", {"gamma": 2.0, "tau": 0.1})]``.
+
+    Hyperparameter names are the runner's loss flags (``experiments.run.LOSS_FLAGS``), exactly,
+    each at most once per loss.
+    """
+    from experiments.run import LOSS_FLAGS
+
     out = []
     for item in filter(None, (part.strip() for part in text.replace(";", "\n").splitlines())):
         name, _, params = item.partition(":")
-        hparams = {}
+        hparams: dict[str, float] = {}
         for pair in filter(None, params.split(",")):
             key, eq, value = pair.partition("=")
             if not eq:
                 raise ValueError(f"loss hyperparameter {pair!r} in {item!r} must be key=value.")
+            key = key.strip()
+            if key not in LOSS_FLAGS:
+                raise ValueError(
+                    f"loss hyperparameter {key!r} in {item!r} is not one of "
+                    f"{', '.join(LOSS_FLAGS)} (exact names)."
+                )
+            if key in hparams:
+                raise ValueError(f"loss hyperparameter {key!r} is repeated in {item!r}.")
             try:
-                hparams[key.strip()] = float(value)
+                hparams[key] = float(value)
             except ValueError:
                 raise ValueError(
                     f"loss hyperparameter {pair!r} in {item!r} is not a number."
@@ -149,6 +166,131 @@ def grid(args: argparse.Namespace) -> list[Cell]:
         cells.append(Cell(loss, tuple(sorted(hparams.items())), str(resolved), kind, rate,
                           protocol, seed))  # fmt: skip
     return cells
+
+
+# Runner flags that the sweep sets per cell or itself: refused after ``--``, naming its own flag.
+SWEEP_SETS = {
+    "--loss": "--losses", "--delay": "--delays", "--noise-rate": "--noise",
+    "--noise-kind": "--noise", "--detector": "--detectors", "--seed": "--seeds",
+    "--workdir": "--workdir", "--progress": "--progress", "--no-progress": "--no-progress",
+}  # fmt: skip
+# Runner flags a sweep has no use for, and why.
+NOT_FOR_SWEEPS = {
+    "--resume": "the sweep always resumes (finished cells are skipped, others continue from "
+    "their checkpoints)",
+    "--overwrite": "the sweep never replaces a run; move the cell's folder away or use another "
+    "--workdir",
+    **dict.fromkeys(
+        ("--distributed", "--coordinator-address", "--num-processes", "--process-id"),
+        "the sweep runs in one process; run python -m experiments.run per cell for multi-host",
+    ),
+}
+
+
+def run_parser() -> argparse.ArgumentParser:
+    """``experiments.run``'s parser, strict: exact flag names only (no prefixes), and a bad flag
+    raises ``ValueError`` (one line) instead of printing the runner's usage and exiting."""
+    from experiments import run
+
+    parser = run.build_parser()
+    parser.allow_abbrev = False
+
+    def error(message: str) -> NoReturn:
+        raise ValueError(f"run flags: {message} (see python -m experiments.run --help)")
+
+    parser.error = error  # type: ignore[method-assign]
+    return parser
+
+
+def parse_run_flags(flags: list[str]) -> argparse.Namespace:
+    """The flags after ``--`` (the same for every cell): runner flags, none that the sweep sets."""
+    from experiments.run import LOSS_FLAGS
+
+    args = run_parser().parse_args(flags)
+    for flag in flags:
+        name = flag.partition("=")[0]  # Parsed: an exact runner flag, or a value.
+        if name in NOT_FOR_SWEEPS:
+            raise ValueError(f"run flag {flag} after -- is not for sweeps: {NOT_FOR_SWEEPS[name]}.")
+        hparam = name.removeprefix("--").replace("-", "_")
+        if name in SWEEP_SETS or (name.startswith("--") and hparam in LOSS_FLAGS):
+            axis = SWEEP_SETS.get(name, f"--losses (per loss: --losses=LOSS:{hparam}=VALUE)")
+            raise ValueError(
+                f"run flag {flag} after -- overrides what the sweep sets per cell; use the "
+                f"sweep's {axis} before -- instead."
+            )
+    return args
+
+
+def check_dataset(name: str, data_dir: str | None) -> None:
+    """Refuse a dataset the runner does not know: not ours, and no tfds builder (nothing loaded)."""
+    from robust_losses_jax import input_pipeline
+
+    if name in input_pipeline.KNOWN_DATASETS:
+        return
+    import tensorflow_datasets as tfds
+
+    try:
+        tfds.builder(name, data_dir=data_dir or input_pipeline.default_data_dir())
+    except Exception:  # tfds raises several types for unknown names; it downloads nothing here.
+        raise ValueError(
+            f"Unknown dataset {name!r} (--dataset); choose from "
+            f"{', '.join(input_pipeline.KNOWN_DATASETS)}, or any tfds image-classification dataset."
+        ) from None
+
+
+def check_workdir(workdir: Path) -> None:
+    """Refuse a ``--workdir`` that is (or lies inside) a file, before anything is written."""
+    for path in (workdir, *workdir.parents):
+        if path.exists():
+            if not path.is_dir():
+                inside = "" if path == workdir else f" inside the file {path}"
+                raise ValueError(f"--workdir {workdir} is a file{inside}, not a folder.")
+            return
+
+
+def check_cell_folder(cfg: Any, workdir: Path, cell: Cell) -> None:
+    """Refuse a cell's folder that holds a run with other settings (or is a file): not mixed in."""
+    from robust_losses_jax import experiment
+
+    folder = workdir / cell.name
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(
+            f"--workdir {workdir} holds a file {folder.name} where cell {cell.name} goes; move it "
+            "away or use another --workdir."
+        )
+    try:
+        experiment.check_workdir(cfg, folder, resume=True, overwrite=False)
+    except ValueError as error:  # Its advice names the runner's --resume/--overwrite: not ours.
+        reason = str(error).split("; pass --")[0].split("; --resume only")[0].rstrip(".")
+        raise ValueError(
+            f"{reason}; the sweep continues a cell only with the same settings (epochs may "
+            f"change): move {folder} away or use another --workdir."
+        ) from None
+
+
+def cell_configs(cells: list[Cell], run_flags: list[str], workdir: Path) -> dict[Cell, Any]:
+    """Every cell's config, validated as the run would be (``ValueError`` for the first bad one)."""
+    import jax
+
+    from experiments import run
+    from robust_losses_jax import config as config_lib
+    from robust_losses_jax import corruption
+
+    parser = run_parser()
+    check_workdir(workdir)
+    configs, datasets = {}, set()
+    for cell in cells:
+        args = parser.parse_args([*cell.flags(), *run_flags])
+        cfg = run.build_config(args)
+        config_lib.validate(cfg, num_devices=jax.device_count())
+        if cfg.dataset not in datasets:
+            check_dataset(cfg.dataset, args.data_dir)
+            datasets.add(cfg.dataset)
+        if cfg.noise_kind == "asymmetric":
+            corruption.asymmetric_map_for(cfg.dataset)  # Raises for a dataset without a map.
+        check_cell_folder(cfg, workdir, cell)
+        configs[cell] = cfg
+    return configs
 
 
 def run_rows(config: dict, summary: dict, name: str) -> list[dict]:
@@ -242,10 +384,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
     args = parser.parse_args(argv)
 
-    import jax
-
-    from experiments import run
-    from robust_losses_jax import config as config_lib
     from robust_losses_jax import experiment
 
     workdir = Path(args.workdir)
@@ -253,28 +391,31 @@ def main(argv: list[str] | None = None) -> int:
         cells = grid(args)
         if not cells:
             raise ValueError("the grid is empty")
-        configs = {}
-        for cell in cells:  # Every cell is checked before any work starts.
-            cfg = run.build_config(run.parse_args([*cell.flags(), *run_flags]))
-            config_lib.validate(cfg, num_devices=jax.device_count())
-            # A cell's folder holding a run with other settings is refused, not mixed in.
-            experiment.check_workdir(cfg, workdir / cell.name, resume=True, overwrite=False)
-            configs[cell] = cfg
+        run_args = parse_run_flags(run_flags)
+        configs = cell_configs(cells, run_flags, workdir)  # Every cell, before any work starts.
     except (ValueError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)  # One line.
         return 2
-    except SystemExit as error:  # argparse rejected a run flag (it printed why).
-        return int(error.code or 2)
+    except SystemExit as error:  # -- --help: the runner's flags.
+        return int(error.code or 0)
     todo = [c for c in cells if not (workdir / c.name / "summary.json").exists()]
     print(f"{len(cells)} cells, {len(cells) - len(todo)} finished, {len(todo)} to run")
     if args.dry_run:
         print("\n".join(c.name for c in todo))
         return 0
-    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        print(f"error: --workdir {workdir}: {error}", file=sys.stderr)
+        return 2
+    from robust_losses_jax import xla_setup
+
+    xla_setup.enable_compilation_cache(run_args.compilation_cache)  # Cells share programs.
     for cell in _progress(todo, args.progress):
         experiment.train_and_evaluate(
-            configs[cell], workdir / cell.name, progress=False, resume=True, log=lambda _: None
-        )
+            configs[cell], workdir / cell.name, data_dir=run_args.data_dir, progress=False,
+            resume=True, log=lambda _: None,
+        )  # fmt: skip
         write_results(workdir)
     rows = write_results(workdir)
     print(f"{len(rows)} rows in {workdir / 'results.csv'}; table in {workdir / 'results.md'}")

@@ -435,8 +435,9 @@ def assign_threshold_examples(
     others': with ``num_runs >= 2`` every example is scored normally in at least one run.
 
     The sets are consecutive slices of one ``np.random.default_rng(seed).permutation(N)``; the seed
-    is the int, or a JAX key's ``jax.random.key_data`` (the same key always gives the same sets,
-    but a key and an int never give the same sets).
+    is a ``SeedSequence`` of the int, or of a JAX key's ``jax.random.key_data``, tagged with its
+    kind (``spawn_key`` 0 for ints, 1 for keys): the same key always gives the same sets, but a
+    key and an int never give the same sets.
 
     Args:
       key_or_seed: a non-negative int, or a JAX PRNG key (typed or raw uint32).
@@ -470,7 +471,11 @@ def assign_threshold_examples(
             f"num_runs={num_runs} disjoint sets of {size} threshold examples do not fit in N={n}; "
             f"num_runs must be at most {n // size}."
         )
-    order = _rng(key_or_seed).permutation(n)
+    # The kind's tag word keeps ints and keys apart: the entropy alone is zero-padded, so int
+    # t * 2**32 and key data [0, t] would hash alike.
+    entropy = _rng(key_or_seed).bit_generator.seed_seq.entropy  # Validated: the int or key data.
+    kind = 0 if isinstance(key_or_seed, int | np.integer) else 1
+    order = np.random.default_rng(np.random.SeedSequence(entropy, spawn_key=(kind,))).permutation(n)
     runs = []
     for r in range(num_runs):
         is_threshold = np.zeros(n, dtype=bool)

@@ -1,13 +1,18 @@
 """Whole epochs on the devices: the split in device memory, and a stack of models trained together.
 
 For datasets that fit in accelerator memory (MNIST, Fashion-MNIST, CIFAR), the training images are
-put on every device once, and an epoch is one compiled program: the epoch's order is drawn inside
-it, ``lax.scan`` runs the train step over the batches, and nothing returns to the host until the
-epoch ends. The program trains a *stack* of ``M`` models at once: :func:`train.train_step` is
+put on every device once, and an epoch is one compiled program: the epoch's order is drawn on the
+device, ``lax.scan`` runs the train step over the batches, and nothing returns to the host until
+the epoch ends. The program trains a *stack* of ``M`` models at once: :func:`train.train_step` is
 ``jax.vmap``-ed over their train states, loss hyperparameters and PRNG keys, inside the
 data-parallel (pmap or shard_map) program. A stack member can be a fold of K-fold cross-validation
 (it trains on its own subset of the rows), a seed (its own keys and labels), or a value of
 ``gamma``/``tau`` (traced, so one compilation).
+
+On CPU two XLA:CPU slow paths change the plan (:func:`steps_per_call`, :func:`default_vectorize`):
+a convolution inside a loop runs ~40x slower, so an epoch is several calls of a few unrolled
+steps, and a vmapped convolution becomes a slow grouped one, so the members run one after another
+inside the program.
 
 Same batches as the streaming path (:mod:`input_pipeline`): member ``m`` trains in epoch ``e`` on
 its rows in the order ``jax.random.permutation(fold_in(order_key_m, e), n_m)`` (what
@@ -124,6 +129,28 @@ def put_replicated(tree: Any, mesh: Mesh) -> Any:
 # --------------------------------------------------------------------------------------------------
 
 
+def default_vectorize() -> bool:
+    """vmap the members on accelerators; one after another, within the program, on CPU.
+
+    vmapping a convolution over its kernel gives a grouped convolution, which XLA:CPU runs far
+    slower than M ordinary ones (``benchmarks/bench_kfold.py``); GPUs and TPUs run it well.
+    """
+    return jax.default_backend() != "cpu"
+
+
+def for_each_member(fn: Callable, vectorize: bool, states: Any, *args: Any) -> Any:
+    """``fn(state, *args)`` for every member of the stack (leading axis of every argument).
+
+    ``vectorize``: ``jax.vmap`` (one batched program); else an unrolled loop over the members,
+    restacked (still one compiled program, no host round trip). A stack of one never vmaps.
+    """
+    num_members = jax.tree.leaves(states)[0].shape[0]
+    if vectorize and num_members > 1:
+        return jax.vmap(fn)(states, *args)
+    outs = [fn(*(unstack(x, m) for x in (states, *args))) for m in range(num_members)]
+    return stack(outs)
+
+
 def epoch_order(order_key: Array, epoch: Array, num_rows: int, steps: int, batch: int) -> Array:
     """``[steps, batch]`` positions ``< num_rows``: the epoch's batches (the rest dropped).
 
@@ -133,56 +160,76 @@ def epoch_order(order_key: Array, epoch: Array, num_rows: int, steps: int, batch
     return order[: steps * batch].reshape(steps, batch).astype(jnp.int32)
 
 
-def train_epoch(
+def steps_per_call(steps_per_epoch: int, limit: int | None = None, members: int = 1) -> int:
+    """Steps each call of the compiled program runs: the whole epoch on accelerators.
+
+    On CPU, a convolution inside a ``lax.scan`` loop runs ~40x slower than the same
+    convolution outside one (XLA:CPU, jaxlib 0.10-0.12: ResNet-18, batch 32, 57 s against
+    1.5 s a step), so there the program is a fully unrolled run of a few steps (the largest
+    divisor of the epoch's steps up to ``limit``, default ``8 // members``: the program holds
+    ``members`` copies of each step, and its compile time grows with them), called repeatedly.
+    """
+    if jax.default_backend() != "cpu":
+        return steps_per_epoch if limit is None else min(limit, steps_per_epoch)
+    limit = limit or max(1, 8 // members)
+    return max(d for d in range(1, min(limit, steps_per_epoch) + 1) if steps_per_epoch % d == 0)
+
+
+def epoch_orders(
+    order_keys: Array, epoch: Array, *, sizes: tuple[int, ...], steps: int, batch: int
+) -> Array:
+    """``[M, steps, batch]``: each member's batches this epoch, by position in its rows."""
+    return jnp.stack([
+        epoch_order(order_keys[m], epoch, n, steps, batch) for m, n in enumerate(sizes)
+    ])  # fmt: skip
+
+
+def train_steps(
     states: Any,
     data: StackData,
     hparams: Mapping[str, Array],
     step_keys: Array,
-    order_keys: Array,
-    epoch: Array,
+    positions: Array,
     *,
     step_fn: Callable,
-    sizes: tuple[int, ...],
-    batch_size: int,
-    steps_per_epoch: int,
     num_devices: int,
+    vectorize: bool = True,
+    unroll: bool = False,
     axis_name: str = train.AXIS,
 ) -> tuple[Any, dict[str, Array]]:
-    """One epoch of every member of the stack, on one device's share of each batch.
+    """Steps of every member of the stack, on one device's share of each batch.
 
     Args:
       states: the stacked train states (leading axis ``M``), replicated.
       data: :class:`StackData`, replicated.
-      hparams: ``{name: [M]}``; step_keys, order_keys: ``[M]`` keys.
-      epoch: the epoch number (traced).
+      hparams: ``{name: [M]}``; step_keys: ``[M]`` keys.
+      positions: ``[M, S, B]``, the global batches of these ``S`` steps (from
+        :func:`epoch_orders`); device ``d`` takes rows ``[d * B / D, (d + 1) * B / D)``.
       step_fn: ``(state, batch, hparams, key) -> (state, metrics)``, :func:`train.train_step`
         with its settings bound.
-      sizes: ``n_m``, the number of rows of each member (static).
-      batch_size: the global batch; ``num_devices`` devices take ``batch_size / num_devices`` each.
+      vectorize: members in one ``jax.vmap`` (else one after another in the program; see
+        :func:`for_each_member`).
+      unroll: unroll the loop over the steps (see :func:`steps_per_call`).
 
     Returns:
       The new states and, per member: the :data:`SUMMED` metrics ``[M]``, ``finite`` ``[M, S]``
       (0 where a step was non-finite and skipped), ``margin_sum`` / ``margin_count``
-      ``[M, n_max]`` (each example's training margins this epoch, by position in its rows).
+      ``[M, n_max]`` (each example's training margins in these steps, by position in its rows).
     """
-    per_device = batch_size // num_devices
+    per_device = positions.shape[2] // num_devices
     device = jax.lax.axis_index(axis_name)
-    orders = jnp.stack([
-        epoch_order(order_keys[m], epoch, n, steps_per_epoch, batch_size)
-        for m, n in enumerate(sizes)
-    ])  # fmt: skip
-    local = jax.lax.dynamic_slice_in_dim(orders, device * per_device, per_device, axis=2)
+    local = jax.lax.dynamic_slice_in_dim(positions, device * per_device, per_device, axis=2)
 
-    def step(states, positions):  # positions: [M, b], this device's rows of the global batch.
-        rows = jnp.take_along_axis(data.rows, positions, axis=1)
+    def step(states, member_positions):  # [M, b]: this device's rows of each global batch.
+        rows = jnp.take_along_axis(data.rows, member_positions, axis=1)
         batch = {
             "image": data.images[rows],
             "label": jnp.take_along_axis(data.labels, rows, axis=1),
-            "index": positions,
+            "index": member_positions,
         }
-        return jax.vmap(step_fn)(states, batch, hparams, step_keys)
+        return for_each_member(step_fn, vectorize, states, batch, hparams, step_keys)
 
-    states, metrics = jax.lax.scan(step, states, jnp.swapaxes(local, 0, 1))
+    states, metrics = jax.lax.scan(step, states, jnp.swapaxes(local, 0, 1), unroll=unroll)
     num_members, n_max = data.rows.shape
     member = jnp.arange(num_members)[None, :, None]
     # metrics['index'] / ['margin']: [S, M, B], the whole global batch (all-gathered in the step).
@@ -203,6 +250,7 @@ def evaluate(
     eval_fn: Callable,
     batch_size: int,
     num_devices: int,
+    vectorize: bool = True,
     axis_name: str = train.AXIS,
 ) -> dict[str, Array]:
     """Every member's outputs on every row of ``images``, ``[M, N, ...]`` in canonical order.
@@ -216,18 +264,30 @@ def evaluate(
     ``pred``, ``weight``, ``loss`` ``[M, N]``; gathered from the devices on the devices.
     """
     num_rows = images.shape[0]
+    num_members = labels.shape[0]
     per_device = batch_size // num_devices
     num_batches = -(-num_rows // batch_size)
     device = jax.lax.axis_index(axis_name)
-    model_eval = jax.vmap(eval_fn, in_axes=(0, {"image": None, "label": 0}, 0))
 
     def one_batch(_, i):
         rows = i * batch_size + device * per_device + jnp.arange(per_device)
         rows = jnp.where(rows < num_rows, rows, 0)
-        return None, model_eval(states, {"image": images[rows], "label": labels[:, rows]}, hparams)
+        batch = {"image": images[rows], "label": labels[:, rows]}  # The members share images.
+        if vectorize and num_members > 1:
+            return None, jax.vmap(eval_fn, in_axes=(0, {"image": None, "label": 0}, 0))(
+                states, batch, hparams
+            )
+        return None, stack([
+            eval_fn(unstack(states, m), {"image": batch["image"], "label": batch["label"][m]},
+                    unstack(hparams, m))
+            for m in range(num_members)
+        ])  # fmt: skip
 
-    _, outs = jax.lax.scan(one_batch, None, jnp.arange(num_batches))  # [nb, M, b, ...]
-    outs = jax.lax.all_gather(outs, axis_name, axis=2, tiled=True)  # [nb, M, B, ...]
+    # Unrolled on CPU, where convolutions in a loop are slow (see steps_per_call).
+    unroll = jax.default_backend() == "cpu"
+    _, outs = jax.lax.scan(one_batch, None, jnp.arange(num_batches), unroll=unroll)
+    # [nb, M, b, ...] -> [nb, M, B, ...]
+    outs = jax.lax.all_gather(outs, axis_name, axis=2, tiled=True)
 
     def canonical(x):
         x = jnp.swapaxes(x, 0, 1)
@@ -290,18 +350,56 @@ def train_epoch_program(
     sizes: tuple[int, ...],
     batch_size: int,
     steps_per_epoch: int,
+    vectorize: bool | None = None,
+    chunk: int | None = None,
 ) -> Callable:
-    """``(states, data, hparams, step_keys, order_keys, epoch) -> (states, metrics)``."""
-    fn = functools.partial(
-        train_epoch, step_fn=step_fn, sizes=sizes, batch_size=batch_size,
-        steps_per_epoch=steps_per_epoch, num_devices=mesh.devices.size,
+    """``(states, data, hparams, step_keys, order_keys, epoch) -> (states, metrics)``.
+
+    One epoch of the stack: the order is drawn on the devices, then the steps run in compiled
+    programs of ``chunk`` steps (default :func:`steps_per_call`: the whole epoch on
+    accelerators); nothing returns to the host until the epoch ends. ``vectorize``: see
+    :func:`for_each_member`; None: :func:`default_vectorize`. Metrics as :func:`train_steps`,
+    for the whole epoch.
+    """
+    chunk = chunk or steps_per_call(steps_per_epoch, members=len(sizes))
+    if steps_per_epoch % chunk:
+        raise ValueError(f"chunk {chunk} does not divide the {steps_per_epoch} steps of an epoch.")
+    orders = jax.jit(
+        functools.partial(epoch_orders, sizes=sizes, steps=steps_per_epoch, batch=batch_size)
+    )
+    steps = replicated_program(
+        functools.partial(
+            train_steps, step_fn=step_fn, num_devices=mesh.devices.size,
+            vectorize=default_vectorize() if vectorize is None else vectorize,
+            unroll=jax.default_backend() == "cpu",
+        ),
+        mesh, mode, num_args=5,
     )  # fmt: skip
-    return replicated_program(fn, mesh, mode, num_args=6)
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    def run(states, data, hparams, step_keys, order_keys, epoch):
+        positions = jax.device_put(orders(order_keys, epoch), replicated)
+        parts = []
+        for start in range(0, steps_per_epoch, chunk):
+            states, metrics = steps(
+                states, data, hparams, step_keys, positions[:, start : start + chunk]
+            )
+            parts.append(metrics)
+        if len(parts) == 1:
+            return states, parts[0]
+        total = {k: sum(p[k] for p in parts) for k in parts[0] if k != "finite"}
+        total["finite"] = jnp.concatenate([p["finite"] for p in parts], axis=1)
+        return states, total
+
+    return run
 
 
-def evaluate_program(eval_fn: Callable, mesh: Mesh, mode: str, *, batch_size: int) -> Callable:
+def evaluate_program(
+    eval_fn: Callable, mesh: Mesh, mode: str, *, batch_size: int, vectorize: bool | None = None
+) -> Callable:
     """``(states, images, labels, hparams) -> outputs [M, N, ...]``."""
     fn = functools.partial(
-        evaluate, eval_fn=eval_fn, batch_size=batch_size, num_devices=mesh.devices.size
-    )
+        evaluate, eval_fn=eval_fn, batch_size=batch_size, num_devices=mesh.devices.size,
+        vectorize=default_vectorize() if vectorize is None else vectorize,
+    )  # fmt: skip
     return replicated_program(fn, mesh, mode, num_args=4)

@@ -587,23 +587,31 @@ def _device_engine(cfg, images, members, mesh, step_config, eval_step, hparams, 
 
 def _streaming_engine(cfg, images, member, mesh, step_config, eval_step, hparams, mean, std,
                       steps_per_epoch, progress):  # fmt: skip
-    """``(run_epoch, outputs)`` for one member, batches streamed from the host a step at a time."""
-    train_fn = train.parallelize(
-        functools.partial(
-            train.train_step, config=step_config, key=member.keys[1], mean=mean, std=std
-        ),
-        mesh,
-        cfg.parallel,
-    )
-    eval_fn = train.parallelize(eval_step, mesh, cfg.parallel, collective=False)
+    """``(run_epoch, outputs)`` for one member, batches streamed from the host a step at a time.
+
+    The state keeps the stack's leading axis (of size 1) on the devices: the step and the
+    evaluation drop and restore it inside the parallel program, so the state never comes back
+    through the host (with several processes it cannot be re-placed from one).
+    """
+
+    def lone_step(states, batch, hparams):
+        state, metrics = train.train_step(
+            device_loop.unstack(states, 0), batch, device_loop.unstack(hparams, 0),
+            config=step_config, key=member.keys[1], mean=mean, std=std,
+        )  # fmt: skip
+        return device_loop.stack([state]), metrics
+
+    def lone_eval(states, batch, hparams):
+        return eval_step(device_loop.unstack(states, 0), batch, device_loop.unstack(hparams, 0))
+
+    train_fn = train.parallelize(lone_step, mesh, cfg.parallel)
+    eval_fn = train.parallelize(lone_eval, mesh, cfg.parallel, collective=False)
     sharding = train.batch_sharding(mesh)
     member_images = images[member.rows]
     member_labels = np.asarray(member.labels)[member.rows]
-    lone_hparams = device_loop.unstack(hparams, 0)
     num_rows = len(member.rows)
 
     def run_epoch(states, epoch):
-        state = device_loop.unstack(states, 0)
         order = input_pipeline.epoch_permutation(member.keys[2], epoch, num_rows)
         batches = (
             input_pipeline.process_slice(batch, jax.process_index(), jax.process_count())
@@ -617,7 +625,7 @@ def _streaming_engine(cfg, images, member, mesh, step_config, eval_step, hparams
             input_pipeline.prefetch_to_devices(batches, sharding),
             progress, total=steps_per_epoch, desc=desc, leave=False,
         ):  # fmt: skip
-            state, step_out = train_fn(state, batch, lone_hparams)
+            states, step_out = train_fn(states, batch, hparams)
             step_metrics.append(step_out)
         step_metrics = jax.device_get(step_metrics)
         margin_sum = np.zeros(num_rows, np.float32)
@@ -630,13 +638,12 @@ def _streaming_engine(cfg, images, member, mesh, step_config, eval_step, hparams
         }
         metrics["finite"] = np.asarray([[int(m["finite"]) for m in step_metrics]])
         metrics["margin_sum"], metrics["margin_count"] = margin_sum[None], margin_count[None]
-        return train.replicate(device_loop.stack([state]), mesh), metrics
+        return states, metrics
 
     def outputs(states, eval_images, labels, member_of_row=None):
-        state = device_loop.unstack(states, 0)
         out = train.evaluate(
-            eval_fn, state, eval_images, np.asarray(labels)[0], lone_hparams,
-            mesh=mesh, batch_size=cfg.eval_batch_size,
+            eval_fn, states, eval_images, np.asarray(labels)[0], hparams, mesh=mesh,
+            batch_size=cfg.eval_batch_size,
         )  # fmt: skip
         if member_of_row is not None:
             return out  # One member: every row is its.
@@ -745,7 +752,7 @@ def _predictions(out: dict[str, np.ndarray], data: dict[str, Any]) -> dict[str, 
 OUT_OF_SAMPLE = ("logits", "probs", "p_t", "margin", "pred", "weight")
 
 
-def _cross_validated(cfg, data, fit_run, workdir: Path, base_key, log) -> tuple[dict, dict]:
+def cross_validated(cfg, data, fit_run, workdir: Path, base_key, log) -> tuple[dict, dict]:
     """K-fold out-of-sample outputs: each fold's rows from a fresh model trained on the others.
 
     The K models train together (one vmapped stack) unless ``cfg.sequential``; their outputs
@@ -823,7 +830,7 @@ def _cross_validated(cfg, data, fit_run, workdir: Path, base_key, log) -> tuple[
     return predictions, extra
 
 
-def _area_under_margin(cfg, data, fit_run, base_key, log) -> tuple[dict, dict]:
+def area_under_margin(cfg, data, fit_run, base_key, log) -> tuple[dict, dict]:
     """AUM: two runs, each with its own N/(C+1) threshold examples moved to a fake class C."""
     num_classes = data["num_classes"]
     num_train = len(data["given_label"])
@@ -934,9 +941,9 @@ def train_and_evaluate(
 
     extra: dict[str, Any] = {}
     if cfg.detector == "cl":
-        predictions, extra = _cross_validated(cfg, data, fit_run, workdir, base_key, log)
+        predictions, extra = cross_validated(cfg, data, fit_run, workdir, base_key, log)
     elif cfg.detector == "aum":
-        predictions, extra = _area_under_margin(cfg, data, fit_run, base_key, log)
+        predictions, extra = area_under_margin(cfg, data, fit_run, base_key, log)
     else:
         given = data["given_label"]
         member = device_loop.Member(

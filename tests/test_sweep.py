@@ -98,12 +98,8 @@ def exit_code(argv):
         return error.code
 
 
-def unvalidated(reason):
-    return pytest.mark.xfail(strict=True, reason=f"not validated before work starts: {reason}")
-
-
-# A case whose input the sweep does not refuse adds --dry-run: the dry run checks every cell as
-# the real one does, and then stops instead of training.
+# Cases with --dry-run show that the dry run checks every cell as the real one does (a case the
+# sweep failed to refuse would stop there instead of training).
 BAD_SWEEPS = [
     pytest.param(["--losses=ce;nope"], [], "Unknown loss 'nope'", id="unknown-loss"),
     pytest.param(["--losses=power:gamma=abc"], [],
@@ -163,33 +159,49 @@ BAD_SWEEPS = [
                  id="pt-threshold-one"),
     pytest.param([], ["--lr=0"], "learning rate 0.0 must be > 0", id="lr-zero"),
     pytest.param(["--dry-run"], ["--dataset=nope"], "Unknown dataset 'nope'",
-                 id="unknown-dataset",
-                 marks=unvalidated("an unknown dataset passes every check; the run then writes "
-                                   "its config.json and dies with a traceback (exit 1)")),
-    pytest.param(["--noise=asymmetric:0.2", "--dry-run"], [], "No asymmetric map",
-                 id="asymmetric-without-map",
-                 marks=unvalidated("asymmetric noise on a dataset without a map (sklearn_digits) "
-                                   "fails only in the run, with a traceback")),
-    pytest.param(["--losses=ce:noise_rate=0.9", "--dry-run"], [], "noise_rate",
-                 id="loss-hparam-is-a-run-flag",
-                 marks=unvalidated("a loss 'hyperparameter' named like a runner flag becomes "
-                                   "that flag: noise rate 0.9 in a cell named symmetric0.2")),
-    pytest.param(["--losses=power:gam=2", "--dry-run"], [], "gam",
-                 id="loss-hparam-abbreviated",
-                 marks=unvalidated("argparse's prefix matching takes 'gam' as --gamma")),
-    pytest.param(["--losses=power:gamma=0.5,gamma=2", "--dry-run"], [], "gamma",
-                 id="loss-hparam-repeated",
-                 marks=unvalidated("a repeated hyperparameter: the last value wins silently")),
-    pytest.param(["--dry-run"], ["--seed=7"], "--seed", id="run-flag-overrides-grid-axis",
-                 marks=unvalidated("a run flag after -- overrides the grid's axis: the cell "
-                                   "named s0 runs seed 7")),
-    pytest.param(["--losses=ce:foo=1"], [], "unrecognized arguments: --foo=1.0",
-                 id="loss-hparam-unknown",
-                 marks=pytest.mark.xfail(strict=True, reason="exit 2, but argparse prints the "
-                                         "runner's usage (about 25 lines) before its one line")),
-    pytest.param([], ["--epochs=two"], "invalid int value: 'two'", id="run-flag-not-a-number",
-                 marks=pytest.mark.xfail(strict=True, reason="exit 2, but argparse prints the "
-                                         "runner's usage (about 25 lines) before its one line")),
+                 id="unknown-dataset"),
+    pytest.param(["--noise=asymmetric:0.2", "--dry-run"], [],
+                 "No asymmetric map for dataset 'sklearn_digits'; known: mnist",
+                 id="asymmetric-without-map"),
+    pytest.param(["--losses=ce:noise_rate=0.9", "--dry-run"], [],
+                 "loss hyperparameter 'noise_rate' in 'ce:noise_rate=0.9' is not one of gamma, "
+                 "tau", id="loss-hparam-is-a-run-flag"),
+    pytest.param(["--losses=power:gam=2", "--dry-run"], [],
+                 "loss hyperparameter 'gam' in 'power:gam=2' is not one of gamma",
+                 id="loss-hparam-abbreviated"),
+    pytest.param(["--losses=power:gamma=0.5,gamma=2", "--dry-run"], [],
+                 "loss hyperparameter 'gamma' is repeated in 'power:gamma=0.5,gamma=2'",
+                 id="loss-hparam-repeated"),
+    pytest.param(["--losses=ce:foo=1"], [],
+                 "loss hyperparameter 'foo' in 'ce:foo=1' is not one of", id="loss-hparam-unknown"),
+    pytest.param(["--dry-run"], ["--seed=7"], "run flag --seed=7 after -- overrides what the "
+                 "sweep sets per cell; use the sweep's --seeds", id="run-flag-overrides-seeds"),
+    pytest.param(["--dry-run"], ["--loss=power"], "--loss=power after -- overrides what the sweep "
+                 "sets per cell; use the sweep's --losses", id="run-flag-overrides-losses"),
+    pytest.param(["--dry-run"], ["--gamma=2"], "--gamma=2 after -- overrides what the sweep sets "
+                 "per cell; use the sweep's --losses (per loss: --losses=LOSS:gamma=VALUE)",
+                 id="run-flag-overrides-loss-hparam"),
+    pytest.param(["--dry-run"], ["--min-prob", "0.1"], "--min-prob after -- overrides what the "
+                 "sweep sets per cell; use the sweep's --losses (per loss: "
+                 "--losses=LOSS:min_prob=VALUE)", id="run-flag-overrides-min-prob"),
+    pytest.param(["--dry-run"], ["--delay=3"], "use the sweep's --delays",
+                 id="run-flag-overrides-delays"),
+    pytest.param(["--dry-run"], ["--noise-rate=0.4"], "use the sweep's --noise",
+                 id="run-flag-overrides-noise-rate"),
+    pytest.param(["--dry-run"], ["--noise-kind", "asymmetric"], "use the sweep's --noise",
+                 id="run-flag-overrides-noise-kind"),
+    pytest.param(["--dry-run"], ["--detector=cl"], "use the sweep's --detectors",
+                 id="run-flag-overrides-detectors"),
+    pytest.param(["--dry-run"], ["--workdir=elsewhere"], "use the sweep's --workdir before --",
+                 id="run-flag-overrides-workdir"),
+    pytest.param(["--dry-run"], ["--see=7"], "unrecognized arguments: --see=7",
+                 id="run-flag-abbreviated"),
+    pytest.param(["--dry-run"], ["--overwrite"], "--overwrite after -- is not for sweeps",
+                 id="run-flag-overwrite"),
+    pytest.param(["--dry-run"], ["--num-processes=2"], "the sweep runs in one process",
+                 id="run-flag-multi-host"),
+    pytest.param([], ["--epochs=two"], "argument --epochs: invalid int value: 'two'",
+                 id="run-flag-not-a-number"),
 ]  # fmt: skip
 
 
@@ -241,11 +253,6 @@ def test_a_cell_folder_holding_another_run_is_refused(tmp_path, capsys, config_t
     assert snapshot(workdir) == before  # Untouched.
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the refusal says 'use another --workdir or --overwrite' (check_workdir's advice to "
-    "the runner), but experiments.sweep has no --overwrite",
-)
 def test_a_refusal_advises_only_flags_the_sweep_accepts(tmp_path, capsys):
     workdir = tmp_path / "sweep"
     cell_dir = workdir / a_cell()[0].name
@@ -254,19 +261,39 @@ def test_a_refusal_advises_only_flags_the_sweep_accepts(tmp_path, capsys):
         json.dumps(a_cell(["--epochs=3", "--lr=0.1"])[1].to_json())
     )
     assert exit_code(sweep_argv(workdir)) == 2
-    if "--overwrite" in capsys.readouterr().err:
-        assert exit_code(sweep_argv(workdir, ["--overwrite", "--dry-run"])) == 0
+    err = capsys.readouterr().err
+    assert f"move {cell_dir} away or use another --workdir" in err, err
+    for flag in ("--overwrite", "--resume"):  # The runner's flags; the sweep has neither.
+        if flag in err:
+            assert exit_code(sweep_argv(workdir, [flag, "--dry-run"])) == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="not validated before work starts: a --workdir that is a file passes every check, "
-    "then mkdir raises FileExistsError (a traceback, not exit 2)",
+@pytest.mark.parametrize(
+    ("file", "workdir", "message"),
+    [
+        ("sweep", "sweep", "is a file, not a folder"),
+        ("sweep", "sweep/inner", "is a file inside the file"),
+        ("sweep/CELL", "sweep", "holds a file CELL where cell CELL goes"),
+    ],
+    ids=["workdir", "inside-a-file", "cell-folder"],
 )
-def test_a_workdir_that_is_a_file_is_refused(tmp_path, capsys):
-    workdir = tmp_path / "sweep"
-    workdir.write_text("not a folder")
+def test_a_workdir_that_is_a_file_is_refused(tmp_path, capsys, file, workdir, message):
+    cell = a_cell()[0].name
+    file, workdir = (tmp_path / x.replace("CELL", cell) for x in (file, workdir))
+    file.parent.mkdir(parents=True, exist_ok=True)
+    file.write_text("not a folder")
+    before = snapshot(tmp_path)
     assert exit_code(sweep_argv(workdir)) == 2
     err = capsys.readouterr().err.strip()
-    assert str(workdir) in err and len(err.splitlines()) == 1, err
-    assert workdir.read_text() == "not a folder"
+    assert str(workdir) in err and message.replace("CELL", cell) in err, err
+    assert len(err.splitlines()) == 1, err
+    assert snapshot(tmp_path) == before
+
+
+def test_legitimate_run_flags_pass(tmp_path, capsys):
+    workdir = tmp_path / "sweep"
+    run_flags = ["--data-placement=stream", "--sequential", "--no-detach", "--ramp", "1",
+                 "--cl-filter-by", "both"]  # fmt: skip
+    assert exit_code(sweep_argv(workdir, ["--dry-run"], run_flags)) == 0
+    assert "1 cells, 0 finished, 1 to run" in capsys.readouterr().out
+    assert not workdir.exists()

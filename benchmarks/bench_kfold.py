@@ -1,0 +1,155 @@
+"""Wall time of the 5-fold Confident Learning protocol: PyTorch reference, sequential, stacked.
+
+The protocol (the paper's): corrupt 20% of the labels (symmetric), split the training set into
+5 folds, train a fresh small CNN on each 4/5 (Adam, batch 128, cross-entropy), predict the held-out
+fold, then run Confident Learning on the out-of-sample probabilities. Rows:
+
+- ``torch eager``: ``benchmarks/torch_reference.py`` (the authors' loop, folds one after another;
+  needs torch, ``requirements-bench.txt``);
+- ``jax sequential``: this project's runner protocol (:func:`experiment.cross_validated`) with
+  ``sequential=True``: five models one after another, each epoch compiled;
+- ``jax stacked``: the same with the five models trained together in one program (the default
+  of ``experiments.run --detector=cl``): ``jax.vmap`` over the models on accelerators, an
+  unrolled loop over them inside the program on CPU (see :mod:`robust_losses_jax.device_loop`).
+
+Each JAX row includes what the runner does besides training (a checkpoint and a 1,000-example test
+evaluation per epoch and fold, compilation); the table reports the CL F1 of each row as a check
+that they did the same work. Fashion-MNIST comes from tfds (prepared offline from Debian's
+package) or ``--npz`` (``images`` uint8 ``[N, 28, 28, 1]``, ``labels``), for machines without
+tfds.
+
+    python -m benchmarks.bench_kfold --quick          # 2,000 examples, 1 epoch: < 2 min (CPU)
+    .venv-bench/bin/python -m benchmarks.bench_kfold  # 10,000 examples, 3 epochs, with torch
+
+Ends with ``ratio <name>: <x.xx>`` (greater than 1: the first-named is faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from robust_losses_jax import xla_setup
+
+xla_setup.configure_cpu()
+
+import functools  # noqa: E402
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from robust_losses_jax import config as config_lib  # noqa: E402
+from robust_losses_jax import corruption, detection, experiment, input_pipeline, metrics  # noqa: E402
+
+
+def load_data(num_train: int, num_test: int, npz: str | None):
+    if npz:
+        with np.load(npz) as f:
+            images, labels = f["images"], f["labels"].astype(np.int32)
+        test_images, test_labels = images[num_train : num_train + num_test], labels[
+            num_train : num_train + num_test
+        ]  # fmt: skip
+        return images[:num_train], labels[:num_train], test_images, test_labels
+    train = input_pipeline.load_split("fashion_mnist", "train", num_examples=num_train)
+    test = input_pipeline.load_split("fashion_mnist", "test", num_examples=num_test)
+    return train.images, train.labels, test.images, test.labels
+
+
+def jax_protocol(cfg, data, workdir: Path) -> tuple[float, dict]:
+    start = time.perf_counter()
+    fit_run = functools.partial(
+        experiment.fit, cfg, real_classes=data["num_classes"], test_images=data["test_images"],
+        test_labels=data["test_labels"], mean=data["mean"], std=data["std"], workdir=workdir,
+        progress=False, devices=jax.local_devices(), log=lambda _: None,
+    )  # fmt: skip
+    _, extra = experiment.cross_validated(
+        cfg, data, fit_run, workdir, jax.random.key(cfg.seed), lambda _: None
+    )
+    return time.perf_counter() - start, extra["confident_learning"]
+
+
+def torch_protocol(cfg, data) -> tuple[float, dict] | None:
+    try:
+        from benchmarks import torch_reference
+    except ImportError:
+        return None
+    import torch
+
+    start = time.perf_counter()
+    fold_of = experiment.fold_assignment(
+        jax.random.fold_in(jax.random.key(cfg.seed), 4), len(data["given_label"]), cfg.folds
+    )
+    probs = torch_reference.kfold_protocol(
+        data["images"], data["given_label"], folds=cfg.folds, fold_of=fold_of, epochs=cfg.epochs,
+        batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, num_classes=data["num_classes"],
+        device="cuda" if torch.cuda.is_available() else "cpu",
+    )  # fmt: skip
+    is_flagged, _ = detection.confident_learning(data["given_label"], probs)
+    seconds = time.perf_counter() - start
+    return seconds, metrics.detection_metrics(data["is_corrupted"], is_flagged)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--train-size", type=int, default=None)
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--npz", default=None, help="images/labels arrays instead of tfds")
+    parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument(
+        "--warm", action="store_true", help="also rerun the JAX rows with a warm compile cache"
+    )
+    args = parser.parse_args(argv)
+    # As the runner does by default, but cold: an empty cache, so each distinct program is
+    # compiled once (the sequential folds share theirs, as they do in a real run).
+    xla_setup.enable_compilation_cache(tempfile.mkdtemp(prefix="bench_kfold_jax_cache_"))
+    num_train = args.train_size or (2000 if args.quick else 10_000)
+    epochs = args.epochs or (1 if args.quick else 3)
+    images, true_labels, test_images, test_labels = load_data(num_train, 1000, args.npz)
+    cfg = config_lib.Config(
+        epochs=epochs, folds=args.folds, detector="cl", train_size=num_train, seed=0
+    )
+    config_lib.validate(cfg, num_devices=len(jax.local_devices()))
+    noisy, is_corrupted = corruption.corrupt_labels(
+        jax.random.fold_in(jax.random.key(cfg.seed), 0), true_labels, 10, cfg.noise_rate
+    )
+    mean, std = input_pipeline.channel_stats(images)
+    data = {
+        "images": images, "true_label": true_labels, "given_label": np.asarray(noisy),
+        "is_corrupted": np.asarray(is_corrupted), "test_images": test_images,
+        "test_labels": test_labels, "num_classes": 10, "mean": mean, "std": std,
+    }  # fmt: skip
+    print(
+        f"5-fold CL protocol: {num_train} Fashion-MNIST examples, {epochs} epoch(s), small CNN, "
+        f"batch {cfg.batch_size}; backend {jax.default_backend()} "
+        f"({jax.devices()[0].device_kind}), {len(jax.local_devices())} device(s)"
+    )
+    print(f"{'row':<22} {'seconds':>9} {'CL F1':>7}")
+    rows = {}
+    if not args.no_torch:
+        result = torch_protocol(cfg, data)
+        if result is not None:
+            rows["torch eager"] = result
+            print(f"{'torch eager':<22} {result[0]:>9.1f} {result[1]['f1']:>7.3f}", flush=True)
+    runs = [("jax sequential", True), ("jax stacked", False)]
+    if args.warm:  # Again, every program now in the compilation cache: the run time alone.
+        runs += [("jax sequential, warm", True), ("jax stacked, warm", False)]
+    for name, sequential in runs:
+        run_cfg = config_lib.Config(**{**cfg.__dict__, "sequential": sequential})
+        with tempfile.TemporaryDirectory() as workdir:
+            rows[name] = jax_protocol(run_cfg, data, Path(workdir))
+        print(f"{name:<22} {rows[name][0]:>9.1f} {rows[name][1]['f1']:>7.3f}", flush=True)
+    if "torch eager" in rows:
+        for name in ("jax sequential", "jax stacked"):
+            print(f"ratio {name} vs torch: {rows['torch eager'][0] / rows[name][0]:.2f}")
+    print(f"ratio stacked vs sequential: {rows['jax sequential'][0] / rows['jax stacked'][0]:.2f}")
+    if args.warm:
+        warm = rows["jax sequential, warm"][0] / rows["jax stacked, warm"][0]
+        print(f"ratio stacked vs sequential, warm cache: {warm:.2f}")
+
+
+if __name__ == "__main__":
+    main()
