@@ -353,7 +353,7 @@ def train_epoch_program(
     vectorize: bool | None = None,
     chunk: int | None = None,
 ) -> Callable:
-    """``(states, data, hparams, step_keys, order_keys, epoch) -> (states, metrics)``.
+    """``(states, data, hparams, step_keys, order_keys, epoch) -> (states, host metrics)``.
 
     One epoch of the stack: the order is drawn on the devices, then the steps run in compiled
     programs of ``chunk`` steps (default :func:`steps_per_call`: the whole epoch on
@@ -385,10 +385,11 @@ def train_epoch_program(
                 states, data, hparams, step_keys, positions[:, start : start + chunk]
             )
             parts.append(metrics)
-        if len(parts) == 1:
-            return states, parts[0]
+        # Host arrays: the calls' metrics are small, and summing them here keeps eager device
+        # ops off the parallel programs' outputs.
+        parts = jax.device_get(parts)
         total = {k: sum(p[k] for p in parts) for k in parts[0] if k != "finite"}
-        total["finite"] = jnp.concatenate([p["finite"] for p in parts], axis=1)
+        total["finite"] = np.concatenate([p["finite"] for p in parts], axis=1)
         return states, total
 
     return run
