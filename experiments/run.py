@@ -169,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = build_config(args)
         config_lib.validate(cfg, num_devices=jax.device_count())
+        input_pipeline.check_dataset(cfg.dataset, args.data_dir)
         experiment.check_workdir(cfg, args.workdir, resume=args.resume, overwrite=args.overwrite)
     except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -221,23 +221,6 @@ def parse_run_flags(flags: list[str]) -> argparse.Namespace:
     return args
 
 
-def check_dataset(name: str, data_dir: str | None) -> None:
-    """Refuse a dataset the runner does not know: not ours, and no tfds builder (nothing loaded)."""
-    from robust_losses_jax import input_pipeline
-
-    if name in input_pipeline.KNOWN_DATASETS:
-        return
-    import tensorflow_datasets as tfds
-
-    try:
-        tfds.builder(name, data_dir=data_dir or input_pipeline.default_data_dir())
-    except Exception:  # tfds raises several types for unknown names; it downloads nothing here.
-        raise ValueError(
-            f"Unknown dataset {name!r} (--dataset); choose from "
-            f"{', '.join(input_pipeline.KNOWN_DATASETS)}, or any tfds image-classification dataset."
-        ) from None
-
-
 def check_workdir(workdir: Path) -> None:
     """Refuse a ``--workdir`` that is (or lies inside) a file, before anything is written."""
     for path in (workdir, *workdir.parents):
@@ -274,7 +257,7 @@ def cell_configs(cells: list[Cell], run_flags: list[str], workdir: Path) -> dict
 
     from experiments import run
     from robust_losses_jax import config as config_lib
-    from robust_losses_jax import corruption
+    from robust_losses_jax import corruption, input_pipeline
 
     parser = run_parser()
     check_workdir(workdir)
@@ -284,7 +267,7 @@ def cell_configs(cells: list[Cell], run_flags: list[str], workdir: Path) -> dict
         cfg = run.build_config(args)
         config_lib.validate(cfg, num_devices=jax.device_count())
         if cfg.dataset not in datasets:
-            check_dataset(cfg.dataset, args.data_dir)
+            input_pipeline.check_dataset(cfg.dataset, args.data_dir)
             datasets.add(cfg.dataset)
         if cfg.noise_kind == "asymmetric":
             corruption.asymmetric_map_for(cfg.dataset)  # Raises for a dataset without a map.

@@ -128,17 +128,106 @@ def load_builder(name: str, data_dir: str | None = None):
     return builder
 
 
+# ``--dataset=npz:PATH``: the user's own data, a NumPy .npz file.
+USER_DATA_PREFIX = "npz:"
+
+
+def load_user_split(path: str, split: str) -> Split:
+    """A split of the user's own dataset, ``npz:PATH``: checked, then as host arrays.
+
+    The file holds ``{split}_images`` (uint8 ``[N, H, W, C]`` or ``[N, H, W]``),
+    ``{split}_labels`` (integers ``[N]``) for ``train`` and ``test``, and ``num_classes`` (or
+    ``class_names``, ``[C]`` strings). ``ValueError`` (one line naming the file, the array and
+    the bad value) for a missing array, a wrong shape or dtype, or a label outside ``[0, C)``.
+    """
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise ValueError(
+            f"--dataset=npz:{path}: cannot read it as a .npz file ({error})."
+        ) from None
+    with data:
+        if split not in ("train", "test"):
+            raise ValueError(f"npz:{path} has splits 'train' and 'test', not {split!r}.")
+        missing = [k for k in (f"{split}_images", f"{split}_labels") if k not in data.files]
+        if missing or not ({"num_classes", "class_names"} & set(data.files)):
+            missing += [] if {"num_classes", "class_names"} & set(data.files) else ["num_classes"]
+            raise ValueError(
+                f"npz:{path} lacks {', '.join(missing)}; it needs train_images, train_labels, "
+                f"test_images, test_labels and num_classes (or class_names); has {data.files}."
+            )
+        images, labels = data[f"{split}_images"], data[f"{split}_labels"]
+        if "class_names" in data.files:
+            names = tuple(str(x) for x in data["class_names"])
+        else:
+            names = tuple(str(i) for i in range(int(data["num_classes"])))
+    num_classes = len(names)
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise ValueError(
+            f"npz:{path}: {split}_images must be uint8 [N, H, W, C] or [N, H, W]; got "
+            f"{images.dtype} {list(images.shape)}."
+        )
+    if (
+        labels.ndim != 1
+        or len(labels) != len(images)
+        or not np.issubdtype(labels.dtype, np.integer)
+    ):
+        raise ValueError(
+            f"npz:{path}: {split}_labels must be integers [{len(images)}] (one per image); got "
+            f"{labels.dtype} {list(labels.shape)}."
+        )
+    bad = (labels < 0) | (labels >= num_classes)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            f"npz:{path}: {split}_labels[{i}] = {int(labels[i])} is outside [0, {num_classes}) "
+            f"({int(bad.sum())} labels are)."
+        )
+    if num_classes < 2:
+        raise ValueError(f"npz:{path}: num_classes {num_classes} must be >= 2.")
+    return Split(images=images, labels=labels.astype(np.int32), num_classes=num_classes,
+                 class_names=names)  # fmt: skip
+
+
+def check_dataset(name: str, data_dir: str | None = None) -> None:
+    """Refuse, before any work, a dataset the runner cannot use (``ValueError``, one line).
+
+    Known names and tfds builders pass (nothing is downloaded); ``npz:PATH`` is read and both
+    splits checked (:func:`load_user_split`).
+    """
+    if name.startswith(USER_DATA_PREFIX):
+        for split in ("train", "test"):
+            load_user_split(name.removeprefix(USER_DATA_PREFIX), split)
+        return
+    if name in KNOWN_DATASETS:
+        return
+    import tensorflow_datasets as tfds
+
+    try:
+        tfds.builder(name, data_dir=data_dir or default_data_dir())
+    except Exception:  # tfds raises several types for unknown names; it downloads nothing here.
+        raise ValueError(
+            f"Unknown dataset {name!r} (--dataset); choose from {', '.join(KNOWN_DATASETS)}, "
+            "npz:PATH (your own data), or any tfds image-classification dataset."
+        ) from None
+
+
 def load_split(
     name: str, split: str, data_dir: str | None = None, num_examples: int | None = None
 ) -> Split:
     """A whole split (or its first ``num_examples``) in canonical order, as host arrays.
 
     Args:
-      name: a tfds image-classification dataset with ``image`` and ``label`` features.
+      name: a tfds image-classification dataset with ``image`` and ``label`` features, or
+        ``npz:PATH`` (:func:`load_user_split`).
       split: ``'train'`` or ``'test'`` (any tfds split name).
       data_dir: tfds data directory (default ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``).
       num_examples: keep the first N examples only.
     """
+    if name.startswith(USER_DATA_PREFIX):
+        return load_user_split(name.removeprefix(USER_DATA_PREFIX), split).take(num_examples)
     import tensorflow_datasets as tfds
 
     builder = load_builder(name, data_dir)

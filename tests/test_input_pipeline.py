@@ -122,3 +122,43 @@ def test_preprocess_normalises_and_augments_per_example(digits):
     other_epoch = ip.preprocess(images, index, key=jax.random.key(0), epoch=1, mean=mean,
                                 std=std, augment=True)  # fmt: skip
     assert not np.array_equal(other_epoch, aug)
+
+
+def _write_npz(path, **overrides):
+    rng = np.random.default_rng(0)
+    arrays = {
+        "train_images": rng.integers(0, 256, (30, 6, 6), np.uint8),
+        "train_labels": np.arange(30) % 3,
+        "test_images": rng.integers(0, 256, (9, 6, 6, 1), np.uint8),
+        "test_labels": np.arange(9) % 3,
+        "class_names": np.array(["a", "b", "c"]),
+    }
+    arrays.update(overrides)
+    np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
+    return f"npz:{path}"
+
+
+def test_user_data_from_an_npz_file(tmp_path):
+    name = _write_npz(tmp_path / "mine.npz")
+    train = ip.load_split(name, "train", num_examples=12)
+    assert train.images.shape == (12, 6, 6, 1) and train.images.dtype == np.uint8
+    np.testing.assert_array_equal(train.labels, np.arange(12) % 3)
+    assert train.num_classes == 3 and train.class_names == ("a", "b", "c")
+    assert ip.load_split(name, "test").images.shape == (9, 6, 6, 1)
+    ip.check_dataset(name)  # Both splits are fine.
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [({"train_labels": np.r_[np.arange(29) % 3, 3]}, r"train_labels\[29\] = 3 is outside \[0, 3\)"),
+     ({"test_labels": -np.ones(9, int)}, r"test_labels\[0\] = -1 is outside \[0, 3\) \(9 labels"),
+     ({"train_labels": np.zeros(29, int)}, r"train_labels must be integers \[30\]"),
+     ({"train_labels": np.zeros(30)}, r"must be integers"),
+     ({"train_images": np.zeros((30, 6, 6), np.float32)}, r"train_images must be uint8"),
+     ({"test_images": None}, r"lacks test_images"),
+     ({"class_names": None}, r"lacks num_classes")],
+)  # fmt: skip
+def test_bad_user_data_names_the_array_and_the_value(tmp_path, overrides, message):
+    name = _write_npz(tmp_path / "bad.npz", **overrides)
+    with pytest.raises(ValueError, match=message):
+        ip.check_dataset(name)

@@ -110,7 +110,10 @@ def test_data_on_device_trains_like_streaming(tmp_path):
      (["--detector=cl", "--folds=1"], "folds 1 must be >= 2"),
      (["--detector=cl", "--cl-filter-by=magic"], "Unknown cl filter_by 'magic'"),
      (["--detector=aum", "--aum-percentile=0"], "aum percentile 0.0 must be in (0, 100]"),
-     (["--data-placement=gpu"], "Unknown data placement 'gpu'")],
+     (["--data-placement=gpu"], "Unknown data placement 'gpu'"),
+     (["--dataset=npz:{NPZ_BAD_LABELS}"], "train_labels[3] = 10 is outside [0, 10)"),
+     (["--dataset=npz:{T_MISSING}"], "cannot read it as a .npz file"),
+     (["--dataset=nope"], "Unknown dataset 'nope'")],
 )  # fmt: skip
 def test_bad_flags_exit_2_with_one_line_and_write_nothing(tmp_path, capsys, flags, message):
     files = {
@@ -121,6 +124,13 @@ def test_bad_flags_exit_2_with_one_line_and_write_nothing(tmp_path, capsys, flag
     for name, matrix in files.items():
         paths[name].write_text(json.dumps(matrix))
     paths["T_NOT_JSON"].write_text("[[1, 0], [0, 1")
+    # The user's own data with a label outside [0, C): caught before any work.
+    paths["NPZ_BAD_LABELS"] = tmp_path / "bad_labels.npz"
+    labels = np.arange(20) % 10
+    labels[3] = 10
+    images = np.zeros((20, 8, 8), np.uint8)
+    np.savez(paths["NPZ_BAD_LABELS"], train_images=images, train_labels=labels,
+             test_images=images, test_labels=labels % 10, num_classes=10)  # fmt: skip
     flags = [f.format(**paths) for f in flags]
     workdir = tmp_path / "bad"
     assert run.main([*BASE, *flags, f"--workdir={workdir}"]) == 2
