@@ -18,7 +18,7 @@ that they did the same work. Fashion-MNIST comes from tfds (prepared offline fro
 package) or ``--npz`` (``images`` uint8 ``[N, 28, 28, 1]``, ``labels``), for machines without
 tfds.
 
-    python -m benchmarks.bench_kfold --quick          # 2,000 examples, 1 epoch: < 2 min (CPU)
+    python -m benchmarks.bench_kfold --quick          # 1,500 examples, 1 epoch: < 2 min (CPU)
     .venv-bench/bin/python -m benchmarks.bench_kfold  # 10,000 examples, 3 epochs, with torch
 
 Ends with ``ratio <name>: <x.xx>`` (greater than 1: the first-named is faster).
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     # As the runner does by default, but cold: an empty cache, so each distinct program is
     # compiled once (the sequential folds share theirs, as they do in a real run).
     xla_setup.enable_compilation_cache(tempfile.mkdtemp(prefix="bench_kfold_jax_cache_"))
-    num_train = args.train_size or (2000 if args.quick else 10_000)
+    num_train = args.train_size or (1500 if args.quick else 10_000)
     epochs = args.epochs or (1 if args.quick else 3)
     images, true_labels, test_images, test_labels = load_data(num_train, 1000, args.npz)
     cfg = config_lib.Config(

@@ -58,6 +58,20 @@ def jax_setting(model_name: str, image_shape, dtype: str, steps_per_epoch: int):
     return model, state, config
 
 
+def time_epochs(epoch, state, repeats: int) -> tuple[float, float]:
+    """Median seconds of ``repeats`` timed epochs after a first; compile time (first - median)."""
+    start = time.perf_counter()
+    state = epoch(state, 0)
+    first = time.perf_counter() - start
+    times = []
+    for e in range(repeats):
+        start = time.perf_counter()
+        state = epoch(state, e + 1)
+        times.append(time.perf_counter() - start)
+    median = statistics.median(times)
+    return median, max(first - median, 0.0)
+
+
 def time_jax_device(model_name, images, labels, *, batch, repeats, dtype, mesh):
     """Median seconds of an epoch compiled whole, and the compile time."""
     steps = len(labels) // batch
@@ -81,16 +95,7 @@ def time_jax_device(model_name, images, labels, *, batch, repeats, dtype, mesh):
         jax.block_until_ready(metrics)
         return states
 
-    start = time.perf_counter()
-    states = epoch(states, 0)
-    first = time.perf_counter() - start
-    times = []
-    for e in range(repeats):
-        start = time.perf_counter()
-        states = epoch(states, e + 1)
-        times.append(time.perf_counter() - start)
-    median = statistics.median(times)
-    return median, max(first - median, 0.0)
+    return time_epochs(epoch, states, repeats)
 
 
 def time_jax_stream(model_name, images, labels, *, batch, repeats, dtype, mesh):
@@ -114,16 +119,7 @@ def time_jax_stream(model_name, images, labels, *, batch, repeats, dtype, mesh):
         jax.block_until_ready(metrics)
         return state
 
-    start = time.perf_counter()
-    state = epoch(state, 0)
-    first = time.perf_counter() - start
-    times = []
-    for e in range(repeats):
-        start = time.perf_counter()
-        state = epoch(state, e + 1)
-        times.append(time.perf_counter() - start)
-    median = statistics.median(times)
-    return median, max(first - median, 0.0)
+    return time_epochs(epoch, state, repeats)
 
 
 def forward_flops(model_name: str, image_shape, batch: int, dtype: str) -> float | None:
