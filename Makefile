@@ -37,6 +37,8 @@ lint: venv
 
 bench: venv
 	$(BIN)/python -m benchmarks.loss_overhead --quick
+	$(BIN)/python -m benchmarks.bench_train --quick
+	$(BIN)/python -m benchmarks.bench_kfold --quick
 
 clean:
 	rm -rf $(VENV) *.egg-info
