@@ -78,8 +78,8 @@ def torch_protocol(cfg, data) -> tuple[float, dict] | None:
     import torch
 
     start = time.perf_counter()
-    fold_of = experiment.fold_assignment(
-        jax.random.fold_in(jax.random.key(cfg.seed), 4), len(data["given_label"]), cfg.folds
+    fold_of = experiment.cross_validation_folds(
+        jax.random.key(cfg.seed), len(data["given_label"]), cfg.folds
     )
     probs = torch_reference.kfold_protocol(
         data["images"], data["given_label"], folds=cfg.folds, fold_of=fold_of, epochs=cfg.epochs,

@@ -87,7 +87,7 @@ def time_jax_device(model_name, images, labels, *, batch, repeats, dtype, mesh):
         step_fn, mesh, "pmap", sizes=(len(labels),), batch_size=batch, steps_per_epoch=steps
     )
     states = train.replicate(device_loop.stack([state]), mesh)
-    data = device_loop.put_replicated(device_loop.stack_data(images, [member]), mesh)
+    data = train.replicate(device_loop.stack_data(images, [member]), mesh)
     args = ({}, keys[1][None], keys[2][None])
 
     def epoch(states, e):

@@ -243,10 +243,9 @@ def check_cell_folder(cfg: Any, workdir: Path, cell: Cell) -> None:
         )
     try:
         experiment.check_workdir(cfg, folder, resume=True, overwrite=False)
-    except ValueError as error:  # Its advice names the runner's --resume/--overwrite: not ours.
-        reason = str(error).split("; pass --")[0].split("; --resume only")[0].rstrip(".")
+    except experiment.WorkdirError as error:  # Its advice is the runner's flags: not ours.
         raise ValueError(
-            f"{reason}; the sweep continues a cell only with the same settings (epochs may "
+            f"{error.reason}; the sweep continues a cell only with the same settings (epochs may "
             f"change): move {folder} away or use another --workdir."
         ) from None
 
@@ -391,8 +390,6 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:
         print(f"error: --workdir {workdir}: {error}", file=sys.stderr)
         return 2
-    from robust_losses_jax import xla_setup
-
     xla_setup.enable_compilation_cache(run_args.compilation_cache)  # Cells share programs.
     for cell in _progress(todo, args.progress):
         experiment.train_and_evaluate(

@@ -84,6 +84,14 @@ class Config:
         return json.loads(json.dumps(out))
 
 
+def _one_process_only(setting: str, instead: str) -> None:
+    """Refuse ``setting`` in a multi-process run (one line naming what to use ``instead``)."""
+    import jax
+
+    if jax.process_count() > 1:
+        raise ValueError(f"{setting} runs on one process, not {jax.process_count()}; {instead}.")
+
+
 def validate(config: Config, *, num_devices: int) -> None:
     """Raise ValueError (one clear line) for any setting outside what is allowed."""
     from robust_losses_jax import models, train
@@ -108,12 +116,7 @@ def validate(config: Config, *, num_devices: int) -> None:
             f"choose from {', '.join(train.PARALLEL_MODES)}."
         )
     if config.parallel == "shard_map":
-        import jax
-
-        if jax.process_count() > 1:
-            raise ValueError(
-                f"--parallel=shard_map runs on one process, not {jax.process_count()}; use pmap."
-            )
+        _one_process_only("--parallel=shard_map", "use pmap")
     if config.noise_kind not in NOISE_KINDS:
         raise ValueError(
             f"Unknown noise kind {config.noise_kind!r}; choose from {', '.join(NOISE_KINDS)}."
@@ -135,13 +138,9 @@ def validate(config: Config, *, num_devices: int) -> None:
             f"choose from {', '.join(DATA_PLACEMENTS)}."
         )
     if config.data_placement == "device":
-        import jax
-
-        if jax.process_count() > 1:
-            raise ValueError(
-                f"--data-placement=device runs on one process, not {jax.process_count()}; "
-                "use stream (each process feeds its own devices)."
-            )
+        _one_process_only(
+            "--data-placement=device", "use stream (each process feeds its own devices)"
+        )
     if config.dtype not in DTYPES:
         raise ValueError(f"Unknown dtype {config.dtype!r}; choose from {', '.join(DTYPES)}.")
     checks = [

@@ -33,7 +33,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, PartitionSpec
 
 from robust_losses_jax import train
 
@@ -105,7 +105,7 @@ jax.tree_util.register_dataclass(
 
 
 def stack_data(images: np.ndarray, members: Sequence[Member]) -> StackData:
-    """Host arrays of a stack (call :func:`put_replicated` to place them)."""
+    """Host arrays of a stack (place them with :func:`train.replicate`)."""
     n_max = max(len(m.rows) for m in members)
     rows = np.zeros((len(members), n_max), np.int32)
     for i, member in enumerate(members):
@@ -117,11 +117,6 @@ def stack_data(images: np.ndarray, members: Sequence[Member]) -> StackData:
             )
     labels = np.stack([np.asarray(m.labels, np.int32) for m in members])
     return StackData(images=np.asarray(images, np.uint8), labels=labels, rows=rows)
-
-
-def put_replicated(tree: Any, mesh: Mesh) -> Any:
-    """Place ``tree`` once on every device of ``mesh`` (the epoch program reads it from there)."""
-    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -264,7 +259,6 @@ def evaluate(
     ``pred``, ``weight``, ``loss`` ``[M, N]``; gathered from the devices on the devices.
     """
     num_rows = images.shape[0]
-    num_members = labels.shape[0]
     per_device = batch_size // num_devices
     num_batches = -(-num_rows // batch_size)
     device = jax.lax.axis_index(axis_name)
@@ -272,16 +266,12 @@ def evaluate(
     def one_batch(_, i):
         rows = i * batch_size + device * per_device + jnp.arange(per_device)
         rows = jnp.where(rows < num_rows, rows, 0)
-        batch = {"image": images[rows], "label": labels[:, rows]}  # The members share images.
-        if vectorize and num_members > 1:
-            return None, jax.vmap(eval_fn, in_axes=(0, {"image": None, "label": 0}, 0))(
-                states, batch, hparams
-            )
-        return None, stack([
-            eval_fn(unstack(states, m), {"image": batch["image"], "label": batch["label"][m]},
-                    unstack(hparams, m))
-            for m in range(num_members)
-        ])  # fmt: skip
+        image = images[rows]  # Shared by the members (closed over: not vmapped).
+
+        def member_eval(state, member_labels, member_hparams):
+            return eval_fn(state, {"image": image, "label": member_labels}, member_hparams)
+
+        return None, for_each_member(member_eval, vectorize, states, labels[:, rows], hparams)
 
     # Unrolled on CPU, where convolutions in a loop are slow (see steps_per_call).
     unroll = jax.default_backend() == "cpu"
@@ -375,10 +365,9 @@ def train_epoch_program(
         ),
         mesh, mode, num_args=5,
     )  # fmt: skip
-    replicated = NamedSharding(mesh, PartitionSpec())
 
     def run(states, data, hparams, step_keys, order_keys, epoch):
-        positions = jax.device_put(orders(order_keys, epoch), replicated)
+        positions = train.replicate(orders(order_keys, epoch), mesh)
         parts = []
         for start in range(0, steps_per_epoch, chunk):
             states, metrics = steps(

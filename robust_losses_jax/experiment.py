@@ -58,6 +58,14 @@ class CheckpointError(RuntimeError):
     """A checkpoint that exists cannot be read back."""
 
 
+class WorkdirError(ValueError):
+    """A workdir that holds another run: ``reason`` (what is there) and ``advice`` (the flags)."""
+
+    def __init__(self, reason: str, advice: str):
+        super().__init__(f"{reason}; {advice}.")
+        self.reason, self.advice = reason, advice
+
+
 def restore_latest(manager: ocp.CheckpointManager, state: Any) -> Any:
     """The latest finalised checkpoint restored into ``state``'s structure and shardings.
 
@@ -231,7 +239,7 @@ RESUMABLE_CHANGES = ("epochs",)
 def check_workdir(
     cfg: config_lib.Config, workdir: str | Path, *, resume: bool, overwrite: bool
 ) -> None:
-    """Refuse a workdir that holds another run, before any work (``ValueError``, one line).
+    """Refuse a workdir that holds another run, before any work (:class:`WorkdirError`).
 
     A workdir with a ``config.json`` is taken only with ``overwrite`` (the old run is removed),
     or with ``resume`` when the configs agree except for ``epochs``.
@@ -244,22 +252,23 @@ def check_workdir(
     try:
         old = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(
-            f"{path} is unreadable ({error}); pass --overwrite to replace it."
+        raise WorkdirError(
+            f"{path} is unreadable ({error})", "pass --overwrite to replace it"
         ) from None
     new = cfg.to_json()
     differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     if not resume:
-        raise ValueError(
-            f"workdir {workdir} already holds a run; pass --resume to continue it or --overwrite "
-            "to replace it."
+        raise WorkdirError(
+            f"workdir {workdir} already holds a run",
+            "pass --resume to continue it or --overwrite to replace it",
         )
     blocking = [k for k in differ if k not in RESUMABLE_CHANGES]
     if blocking:
         changes = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in blocking)
-        raise ValueError(
-            f"workdir {workdir} holds a run with a different config ({changes}); --resume only "
-            "continues the same run (epochs may change); use another --workdir or --overwrite."
+        raise WorkdirError(
+            f"workdir {workdir} holds a run with a different config ({changes})",
+            "--resume only continues the same run (epochs may change); use another --workdir "
+            "or --overwrite",
         )
 
 
@@ -530,15 +539,11 @@ def fit(
                  for h, n in zip(history, sizes, strict=True)]  # fmt: skip
     return Fitted(
         states=states,
-        outputs=functools.partial(_outputs_with_selection, outputs, states),
+        outputs=functools.partial(outputs, states),
         aum_sum=aum_sum,
         aum_count=aum_count,
         test_accuracy=[float(a) for a in test_accuracy(states)],
     )
-
-
-def _outputs_with_selection(outputs, states, images, labels, member_of_row=None):
-    return outputs(states, images, labels, member_of_row)
 
 
 def _device_engine(cfg, images, members, mesh, step_config, eval_step, hparams, mean, std,
@@ -557,15 +562,14 @@ def _device_engine(cfg, images, members, mesh, step_config, eval_step, hparams, 
     eval_fn = device_loop.evaluate_program(
         eval_step, mesh, cfg.parallel, batch_size=cfg.eval_batch_size
     )
-    data = device_loop.put_replicated(device_loop.stack_data(images, members), mesh)
+    data = train.replicate(device_loop.stack_data(images, members), mesh)
     step_keys = jnp.stack([m.keys[1] for m in members])
     order_keys = jnp.stack([m.keys[2] for m in members])
     placed: dict[int, Any] = {}  # Image arrays already on the devices, by identity.
     select = jax.jit(device_loop.select_members)
 
-    def run_epoch(states, epoch):
-        states, metrics = epoch_fn(states, data, hparams, step_keys, order_keys, jnp.int32(epoch))
-        return states, jax.device_get(metrics)
+    def run_epoch(states, epoch):  # The epoch program returns host metrics.
+        return epoch_fn(states, data, hparams, step_keys, order_keys, jnp.int32(epoch))
 
     def outputs(states, eval_images, labels, member_of_row=None):
         if eval_images is images:
@@ -574,7 +578,7 @@ def _device_engine(cfg, images, members, mesh, step_config, eval_step, hparams, 
             if id(eval_images) not in placed:
                 placed[id(eval_images)] = (
                     eval_images,
-                    device_loop.put_replicated(np.asarray(eval_images), mesh),
+                    train.replicate(np.asarray(eval_images), mesh),
                 )
             on_devices = placed[id(eval_images)][1]
         out = eval_fn(states, on_devices, jnp.asarray(labels, jnp.int32), hparams)
@@ -679,6 +683,12 @@ def fold_assignment(key: jax.Array, num_examples: int, folds: int) -> np.ndarray
     return fold_of
 
 
+def cross_validation_folds(base_key: jax.Array, num_examples: int, folds: int) -> np.ndarray:
+    """``[N]``: the fold of each example in the K-fold protocol of a run whose key is ``base_key``
+    (``jax.random.key(seed)``); what :func:`cross_validated` uses, for references to reuse."""
+    return fold_assignment(jax.random.fold_in(base_key, 4), num_examples, folds)
+
+
 def _run_keys(base_key: jax.Array, run: int | None) -> tuple[jax.Array, jax.Array, jax.Array]:
     """``(init, step, order)`` keys; run ``None`` is the single in-sample run."""
     keys = tuple(jax.random.fold_in(base_key, i) for i in (1, 2, 3))
@@ -718,15 +728,21 @@ def fit_members(
     return [(fit_run(images, [m], tag=m.tag, **kwargs), 0) for m in members]
 
 
+def by_stack(trained: list[tuple[Fitted, int]]) -> list[tuple[Fitted, dict[int, int]]]:
+    """:func:`fit_members`' result grouped by stack: ``(fitted, {member index: position})``."""
+    stacks: dict[int, tuple[Fitted, dict[int, int]]] = {}
+    for j, (fitted, i) in enumerate(trained):
+        stacks.setdefault(id(fitted), (fitted, {}))[1][j] = i
+    return list(stacks.values())
+
+
 def outputs_per_member(
     trained: list[tuple[Fitted, int]], images: np.ndarray, labels: list[np.ndarray]
 ) -> list[dict[str, np.ndarray]]:
     """Each member's outputs on every row of ``images``, scored against its ``labels``."""
     results: list[dict[str, np.ndarray]] = [{} for _ in trained]
-    stacks: dict[int, tuple[Fitted, list[tuple[int, int]]]] = {}
-    for j, (fitted, i) in enumerate(trained):
-        stacks.setdefault(id(fitted), (fitted, []))[1].append((j, i))
-    for fitted, pairs in stacks.values():
+    for fitted, position in by_stack(trained):
+        pairs = position.items()
         stacked = np.zeros((len(fitted.test_accuracy), len(images)), np.int32)
         for j, i in pairs:
             stacked[i] = labels[j]
@@ -761,7 +777,7 @@ def cross_validated(cfg, data, fit_run, workdir: Path, base_key, log) -> tuple[d
     """
     given = data["given_label"]
     num_train = len(given)
-    fold_of = fold_assignment(jax.random.fold_in(base_key, 4), num_train, cfg.folds)
+    fold_of = cross_validation_folds(base_key, num_train, cfg.folds)
     members = [
         device_loop.Member(
             labels=given,
@@ -781,10 +797,8 @@ def cross_validated(cfg, data, fit_run, workdir: Path, base_key, log) -> tuple[d
             cfg, fit_run, data["images"], [members[k] for k in missing], stack_tag="folds",
             log=log, num_classes=data["num_classes"],
         )  # fmt: skip
-        stacks: dict[int, tuple[Fitted, dict[int, int]]] = {}
-        for k, (fitted, i) in zip(missing, trained, strict=True):
-            stacks.setdefault(id(fitted), (fitted, {}))[1][k] = i
-        for fitted, position in stacks.values():
+        for fitted, member_position in by_stack(trained):
+            position = {missing[j]: i for j, i in member_position.items()}  # By fold.
             if len(position) == 1:  # A lone model: evaluate its own held-out rows only.
                 ((k, _),) = position.items()
                 held_out = fold_of == k

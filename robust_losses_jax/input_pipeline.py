@@ -149,9 +149,10 @@ def load_user_split(path: str, split: str) -> Split:
     with data:
         if split not in ("train", "test"):
             raise ValueError(f"npz:{path} has splits 'train' and 'test', not {split!r}.")
+        has_classes = bool({"num_classes", "class_names"} & set(data.files))
         missing = [k for k in (f"{split}_images", f"{split}_labels") if k not in data.files]
-        if missing or not ({"num_classes", "class_names"} & set(data.files)):
-            missing += [] if {"num_classes", "class_names"} & set(data.files) else ["num_classes"]
+        missing += [] if has_classes else ["num_classes"]
+        if missing:
             raise ValueError(
                 f"npz:{path} lacks {', '.join(missing)}; it needs train_images, train_labels, "
                 f"test_images, test_labels and num_classes (or class_names); has {data.files}."

@@ -81,7 +81,7 @@ def device_epochs(split, mean, std, members, *, model_name, epochs, devices, mod
         steps_per_epoch=steps,
     )  # fmt: skip
     states = train.replicate(device_loop.stack([init(m.keys[0]) for m in members]), mesh)
-    data = device_loop.put_replicated(device_loop.stack_data(split.images, members), mesh)
+    data = train.replicate(device_loop.stack_data(split.images, members), mesh)
     hparams = device_loop.stacked_hparams(members)
     step_keys = jnp.stack([m.keys[1] for m in members])
     order_keys = jnp.stack([m.keys[2] for m in members])
