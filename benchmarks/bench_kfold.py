@@ -10,7 +10,7 @@ fold, then run Confident Learning on the out-of-sample probabilities. Rows:
   ``sequential=True``: five models one after another, each epoch compiled;
 - ``jax stacked``: the same with the five models trained together in one program (the default
   of ``experiments.run --detector=cl``): ``jax.vmap`` over the models on accelerators, an
-  unrolled loop over them inside the program on CPU (see :mod:`robust_losses_jax.device_loop`).
+  loop over them inside the program on CPU (see :mod:`robust_losses_jax.device_loop`).
 
 Each JAX row includes what the runner does besides training (a checkpoint and a 1,000-example test
 evaluation per epoch and fold, compilation); the table reports the CL F1 of each row as a check

@@ -9,10 +9,11 @@ data-parallel (pmap or shard_map) program. A stack member can be a fold of K-fol
 (it trains on its own subset of the rows), a seed (its own keys and labels), or a value of
 ``gamma``/``tau`` (traced, so one compilation).
 
-On CPU two XLA:CPU slow paths change the plan (:func:`steps_per_call`, :func:`default_vectorize`):
-a convolution inside a loop runs ~40x slower, so an epoch is several calls of a few unrolled
-steps, and a vmapped convolution becomes a slow grouped one, so the members run one after another
-inside the program.
+On CPU a vmapped convolution becomes a grouped one, which XLA:CPU runs slowly, so there the
+members run one after another inside the program (:func:`default_vectorize`, a ``lax.map`` over
+the stack). Convolutions inside loops are fast on CPU only with the models' loop-safe gradients
+(:func:`robust_losses_jax.models.layers.conv_general_dilated`): XLA's own gradients of a
+convolution hit slow generic paths inside a ``while`` loop (15-40x).
 
 Same batches as the streaming path (:mod:`input_pipeline`): member ``m`` trains in epoch ``e`` on
 its rows in the order ``jax.random.permutation(fold_in(order_key_m, e), n_m)`` (what
@@ -128,7 +129,7 @@ def default_vectorize() -> bool:
     """vmap the members on accelerators; one after another, within the program, on CPU.
 
     vmapping a convolution over its kernel gives a grouped convolution, which XLA:CPU runs far
-    slower than M ordinary ones (``benchmarks/bench_kfold.py``); GPUs and TPUs run it well.
+    slower than M ordinary ones; GPUs and TPUs run it well.
     """
     return jax.default_backend() != "cpu"
 
@@ -136,14 +137,16 @@ def default_vectorize() -> bool:
 def for_each_member(fn: Callable, vectorize: bool, states: Any, *args: Any) -> Any:
     """``fn(state, *args)`` for every member of the stack (leading axis of every argument).
 
-    ``vectorize``: ``jax.vmap`` (one batched program); else an unrolled loop over the members,
-    restacked (still one compiled program, no host round trip). A stack of one never vmaps.
+    ``vectorize``: ``jax.vmap`` (one batched program); else ``lax.map``, a loop over the members
+    inside the program (no host round trip; compiled once, whatever the stack's size). A stack
+    of one is neither.
     """
     num_members = jax.tree.leaves(states)[0].shape[0]
-    if vectorize and num_members > 1:
+    if num_members == 1:
+        return stack([fn(*(unstack(x, 0) for x in (states, *args)))])
+    if vectorize:
         return jax.vmap(fn)(states, *args)
-    outs = [fn(*(unstack(x, m) for x in (states, *args))) for m in range(num_members)]
-    return stack(outs)
+    return jax.lax.map(lambda member: fn(*member), (states, *args))
 
 
 def epoch_order(order_key: Array, epoch: Array, num_rows: int, steps: int, batch: int) -> Array:
@@ -153,21 +156,6 @@ def epoch_order(order_key: Array, epoch: Array, num_rows: int, steps: int, batch
     """
     order = jax.random.permutation(jax.random.fold_in(order_key, epoch), num_rows)
     return order[: steps * batch].reshape(steps, batch).astype(jnp.int32)
-
-
-def steps_per_call(steps_per_epoch: int, limit: int | None = None, members: int = 1) -> int:
-    """Steps each call of the compiled program runs: the whole epoch on accelerators.
-
-    On CPU, a convolution inside a ``lax.scan`` loop runs ~40x slower than the same
-    convolution outside one (XLA:CPU, jaxlib 0.10-0.12: ResNet-18, batch 32, 57 s against
-    1.5 s a step), so there the program is a fully unrolled run of a few steps (the largest
-    divisor of the epoch's steps up to ``limit``, default ``8 // members``: the program holds
-    ``members`` copies of each step, and its compile time grows with them), called repeatedly.
-    """
-    if jax.default_backend() != "cpu":
-        return steps_per_epoch if limit is None else min(limit, steps_per_epoch)
-    limit = limit or max(1, 8 // members)
-    return max(d for d in range(1, min(limit, steps_per_epoch) + 1) if steps_per_epoch % d == 0)
 
 
 def epoch_orders(
@@ -189,7 +177,6 @@ def train_steps(
     step_fn: Callable,
     num_devices: int,
     vectorize: bool = True,
-    unroll: bool = False,
     axis_name: str = train.AXIS,
 ) -> tuple[Any, dict[str, Array]]:
     """Steps of every member of the stack, on one device's share of each batch.
@@ -204,7 +191,6 @@ def train_steps(
         with its settings bound.
       vectorize: members in one ``jax.vmap`` (else one after another in the program; see
         :func:`for_each_member`).
-      unroll: unroll the loop over the steps (see :func:`steps_per_call`).
 
     Returns:
       The new states and, per member: the :data:`SUMMED` metrics ``[M]``, ``finite`` ``[M, S]``
@@ -224,7 +210,7 @@ def train_steps(
         }
         return for_each_member(step_fn, vectorize, states, batch, hparams, step_keys)
 
-    states, metrics = jax.lax.scan(step, states, jnp.swapaxes(local, 0, 1), unroll=unroll)
+    states, metrics = jax.lax.scan(step, states, jnp.swapaxes(local, 0, 1))
     num_members, n_max = data.rows.shape
     member = jnp.arange(num_members)[None, :, None]
     # metrics['index'] / ['margin']: [S, M, B], the whole global batch (all-gathered in the step).
@@ -273,9 +259,7 @@ def evaluate(
 
         return None, for_each_member(member_eval, vectorize, states, labels[:, rows], hparams)
 
-    # Unrolled on CPU, where convolutions in a loop are slow (see steps_per_call).
-    unroll = jax.default_backend() == "cpu"
-    _, outs = jax.lax.scan(one_batch, None, jnp.arange(num_batches), unroll=unroll)
+    _, outs = jax.lax.scan(one_batch, None, jnp.arange(num_batches))
     # [nb, M, b, ...] -> [nb, M, B, ...]
     outs = jax.lax.all_gather(outs, axis_name, axis=2, tiled=True)
 
@@ -346,12 +330,12 @@ def train_epoch_program(
     """``(states, data, hparams, step_keys, order_keys, epoch) -> (states, host metrics)``.
 
     One epoch of the stack: the order is drawn on the devices, then the steps run in compiled
-    programs of ``chunk`` steps (default :func:`steps_per_call`: the whole epoch on
-    accelerators); nothing returns to the host until the epoch ends. ``vectorize``: see
+    programs of ``chunk`` steps (default: the whole epoch in one); nothing returns to the host
+    until the epoch ends. ``vectorize``: see
     :func:`for_each_member`; None: :func:`default_vectorize`. Metrics as :func:`train_steps`,
     for the whole epoch.
     """
-    chunk = chunk or steps_per_call(steps_per_epoch, members=len(sizes))
+    chunk = chunk or steps_per_epoch
     if steps_per_epoch % chunk:
         raise ValueError(f"chunk {chunk} does not divide the {steps_per_epoch} steps of an epoch.")
     orders = jax.jit(
@@ -361,7 +345,6 @@ def train_epoch_program(
         functools.partial(
             train_steps, step_fn=step_fn, num_devices=mesh.devices.size,
             vectorize=default_vectorize() if vectorize is None else vectorize,
-            unroll=jax.default_backend() == "cpu",
         ),
         mesh, mode, num_args=5,
     )  # fmt: skip

@@ -69,6 +69,100 @@ def test_conv_kernel_grad_is_the_definition():
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    "x_shape,kernel_shape,strides,padding",
+    [
+        ((2, 9, 9, 3), (3, 3, 3, 4), (1, 1), "SAME"),
+        ((2, 9, 9, 3), (3, 3, 3, 4), (2, 2), "SAME"),  # Odd size, stride 2: asymmetric padding.
+        ((2, 8, 8, 4), (1, 1, 4, 6), (2, 2), "VALID"),  # A ResNet projection.
+        ((2, 12, 12, 3), (7, 7, 3, 5), (2, 2), ((3, 3), (3, 3))),  # The ImageNet stem.
+        ((3, 7, 6, 1), (3, 3, 1, 2), (1, 1), ((1, 0), (2, 1))),
+    ],
+)
+def test_loop_safe_conv_values_and_gradients_match_xla(x_shape, kernel_shape, strides, padding):
+    x = jax.random.normal(jax.random.key(0), x_shape)
+    kernel = jax.random.normal(jax.random.key(1), kernel_shape)
+    numbers = ("NHWC", "HWIO", "NHWC")
+
+    def xla(x, k):
+        return jax.lax.conv_general_dilated(
+            x, k, strides, padding, dimension_numbers=numbers,
+            precision=jax.lax.Precision.HIGHEST,
+        )  # fmt: skip
+
+    def ours(x, k):
+        return layers.conv_general_dilated(x, k, strides, padding, dimension_numbers=numbers)
+
+    ref = xla(x, kernel)
+    np.testing.assert_allclose(jax.jit(ours)(x, kernel), ref, rtol=1e-4, atol=1e-4)
+    cotangent = jax.random.normal(jax.random.key(2), ref.shape)
+    grads = jax.jit(jax.grad(lambda x, k: jnp.sum(ours(x, k) * cotangent), (0, 1)))(x, kernel)
+    ref_grads = jax.grad(lambda x, k: jnp.sum(xla(x, k) * cotangent), (0, 1))(x, kernel)
+    for got, want in zip(grads, ref_grads, strict=True):
+        chex.assert_equal_shape([got, want])
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_nn_conv_with_the_loop_safe_conv_matches_nn_conv():
+    x = jax.random.normal(jax.random.key(0), (2, 9, 9, 3))
+    theirs = nn.Conv(4, (3, 3), (2, 2), padding=1)
+    ours = nn.Conv(4, (3, 3), (2, 2), padding=1, conv_general_dilated=layers.conv_general_dilated)
+    variables = theirs.init(jax.random.key(1), x)
+
+    def loss(module):
+        return lambda v: jnp.sum(jnp.sin(module.apply(v, x)))
+
+    np.testing.assert_allclose(
+        jax.grad(loss(ours))(variables)["params"]["kernel"],
+        jax.grad(loss(theirs))(variables)["params"]["kernel"], rtol=1e-4, atol=1e-4,
+    )  # fmt: skip
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU's layouts")
+@pytest.mark.parametrize("model_name", ["small_cnn", "resnet_tiny"])
+def test_gradient_convolutions_inside_a_loop_use_fast_kernel_layouts(model_name):
+    """Inside a ``lax.scan`` XLA:CPU keeps the dimension numbers JAX gives a convolution's
+    gradients: a swapped-kernel (``01oi``) input gradient or a whole-output-window (``i01o``)
+    kernel gradient runs on a slow generic path there (15-40x). The models' convolutions must
+    compile to plain ``01io`` kernels only."""
+    from robust_losses_jax import models
+
+    model = models.get_model(model_name, 10)
+    x = jnp.zeros((8, 28, 28, 1))
+    variables = model.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, x,
+                           train=False)  # fmt: skip
+
+    def steps(params, xs):
+        def one(params, x):
+            grads = jax.grad(
+                lambda p: jnp.sum(model.apply({**variables, "params": p}, x, train=False))
+            )(params)
+            return jax.tree.map(lambda p, g: p - 0.1 * g, params, grads), None
+
+        return jax.lax.scan(one, params, xs)[0]
+
+    hlo = jax.jit(steps).lower(variables["params"], jnp.zeros((3, *x.shape))).compile().as_text()
+    kernels = [line.split("dim_labels=")[1].split(",")[0] for line in hlo.splitlines()
+               if " convolution(" in line]  # fmt: skip
+    assert kernels, "no convolutions found in the compiled program"
+    assert all("_01io->" in k for k in kernels), kernels
+
+
+def test_conv_kernel_grad_with_strides_and_padding_is_the_definition():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2, 7, 8, 3))
+    padding, strides = ((1, 2), (0, 1)), (2, 3)
+    g = rng.normal(size=(2, 4, 3, 5))  # (7 + 3 - 3) // 2 + 1 = 4, (8 + 1 - 3) // 3 + 1 = 3.
+    xpad = np.pad(x, ((0, 0), *padding, (0, 0)))
+    want = np.zeros((3, 3, 3, 5))
+    for u in range(3):
+        for v in range(3):
+            window = xpad[:, u : u + 2 * 3 + 1 : 2, v : v + 3 * 2 + 1 : 3]
+            want[u, v] = np.einsum("bijc,bijo->co", window, g)
+    got = layers.conv_kernel_grad(jnp.float32(x), jnp.float32(g), (3, 3, 3, 5), strides, padding)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_conv2d_rejects_bad_arguments():
     x, k = jnp.ones((1, 4, 4, 1)), jnp.ones((3, 3, 1, 1))
     with pytest.raises(ValueError, match="padding 'FULL'"):

@@ -1,12 +1,17 @@
 """Layers of the small models that are fast on CPU as well as on accelerators.
 
-XLA's CPU backend is slow at three things the paper's small CNN does every step (measured on
+XLA's CPU backend is slow at four things the paper's small CNN does every step (measured on
 the 2-core CI machine, batch 128, 28x28 inputs; ``benchmarks/bench_layers.py`` prints them):
 
 - the weight gradient of a 3x3 convolution (~1 s for the 32->64 layer, 95% of a step): it is
   lowered as a convolution whose "filter" is the whole 24x24 output gradient. :func:`conv2d`
   computes it instead as an im2col matrix product over chunks of a few examples, which stay in
-  cache (~40 ms); the forward pass and the input gradient stay XLA's own convolution.
+  cache (~30 ms).
+- inside a loop (a ``lax.scan`` epoch), the input gradient of a convolution: JAX writes it with
+  the kernel's in/out dimensions swapped (``01oi``), and XLA:CPU runs that on a slow generic
+  path there (146 ms against ~10 ms). :func:`conv_input_grad` materialises the swapped kernel,
+  so the gradient is an ordinary convolution. :func:`conv_general_dilated` (for ``nn.Conv``, as
+  the ResNets use it) does both, for any strides and padding.
 - the gradient of ``max_pool`` (``select_and_scatter``, ~90 ms): :func:`max_pool_2x2` is a
   reshape and a max, whose gradient is a compare and a select (~17 ms).
 - dropout masks from ``jax.random.bernoulli`` (~85 ms for a 1.2M-element mask, threefry or rbg
@@ -19,6 +24,7 @@ cuDNN and the TPU compiler do these well.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -48,20 +54,30 @@ def _chunk_size(batch: int, bytes_per_example: int) -> int:
     return best
 
 
-def conv_kernel_grad(x: Array, out_grad: Array, kernel_shape: tuple[int, ...]) -> Array:
-    """The gradient of a stride-1 ``'VALID'`` convolution with respect to its kernel.
+def conv_kernel_grad(
+    x: Array,
+    out_grad: Array,
+    kernel_shape: tuple[int, ...],
+    strides: tuple[int, int] = (1, 1),
+    padding: tuple[tuple[int, int], ...] = ((0, 0), (0, 0)),
+) -> Array:
+    """The gradient of a 2-D convolution (``NHWC``/``HWIO``) with respect to its kernel.
 
     Args:
       x: the input, ``[B, H, W, Cin]``.
-      out_grad: the gradient of the output, ``[B, H - kh + 1, W - kw + 1, Cout]``.
+      out_grad: the gradient of the output, ``[B, H', W', Cout]``.
       kernel_shape: ``(kh, kw, Cin, Cout)``.
+      strides, padding: the convolution's (``padding``: ``(low, high)`` pairs for H and W).
 
     Returns:
-      ``[kh, kw, Cin, Cout]`` float32: ``sum_{b,i,j} x[b, i+u, j+v, c] * out_grad[b, i, j, o]``,
-      as an im2col matrix product accumulated over chunks of the batch.
+      ``[kh, kw, Cin, Cout]`` float32:
+      ``sum_{b,i,j} xpad[b, s_h i + u, s_w j + v, c] * out_grad[b, i, j, o]``, as an im2col
+      matrix product accumulated over chunks of the batch.
     """
     kh, kw, cin, cout = kernel_shape
+    sh, sw = strides
     batch, out_h, out_w = out_grad.shape[:3]
+    x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
     chunk = _chunk_size(batch, out_h * out_w * kh * kw * cin * x.dtype.itemsize)
     x_chunks = x.reshape(batch // chunk, chunk, *x.shape[1:])
     g_chunks = out_grad.reshape(batch // chunk, chunk, *out_grad.shape[1:])
@@ -69,7 +85,12 @@ def conv_kernel_grad(x: Array, out_grad: Array, kernel_shape: tuple[int, ...]) -
     def accumulate(total, chunk_pair):
         xc, gc = chunk_pair
         patches = jnp.concatenate(
-            [xc[:, u : u + out_h, v : v + out_w, :] for u in range(kh) for v in range(kw)], axis=-1
+            [
+                xc[:, u : u + sh * (out_h - 1) + 1 : sh, v : v + sw * (out_w - 1) + 1 : sw, :]
+                for u in range(kh)
+                for v in range(kw)
+            ],
+            axis=-1,
         )  # [chunk, out_h, out_w, kh * kw * cin], ordered (u, v, c) like the kernel.
         return total + jnp.einsum(
             "bhwk,bhwo->ko", patches, gc, preferred_element_type=jnp.float32
@@ -78,6 +99,104 @@ def conv_kernel_grad(x: Array, out_grad: Array, kernel_shape: tuple[int, ...]) -
     total = jnp.zeros((kh * kw * cin, cout), jnp.float32)
     total, _ = jax.lax.scan(accumulate, total, (x_chunks, g_chunks))
     return total.reshape(kh, kw, cin, cout)
+
+
+def conv_input_grad(x: Array, kernel: Array, out_grad: Array, **conv_args: Any) -> Array:
+    """The gradient of ``lax.conv_general_dilated(x, kernel, **conv_args)`` with respect to ``x``.
+
+    JAX's transpose rule computes it as a convolution of ``out_grad`` with the kernel's input
+    and output dimensions swapped in the dimension numbers (an ``01oi`` kernel). Inside a loop
+    (``lax.scan``, ``while``) XLA:CPU runs that convolution on a slow generic path (~15x: 146 ms
+    against ~10 ms for the small CNN's 32->64 layer, batch 128), because it only inserts the
+    transposing copy to its fast ``01io`` form outside loops. Here the swapped kernel is
+    materialised first (behind an optimisation barrier, so XLA cannot fold the transpose back
+    into the dimension numbers) and the forward convolution is written against it, so its
+    transpose is an ordinary ``01io`` convolution.
+    """
+    dimension_numbers = jax.lax.conv_dimension_numbers(
+        x.shape, kernel.shape, conv_args.pop("dimension_numbers", None)
+    )
+    out_dim, in_dim = dimension_numbers.rhs_spec[:2]
+    swapped = jax.lax.optimization_barrier(jnp.swapaxes(kernel, out_dim, in_dim))
+    # The same convolution, reading the kernel's output dimension where it now lies.
+    numbers = dimension_numbers._replace(
+        rhs_spec=(in_dim, out_dim, *dimension_numbers.rhs_spec[2:])
+    )
+    _, vjp = jax.vjp(
+        lambda x_: jax.lax.conv_general_dilated(
+            x_, swapped, dimension_numbers=numbers, **conv_args
+        ),
+        x,
+    )
+    return vjp(out_grad.astype(x.dtype))[0]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _loop_safe_conv(x: Array, kernel: Array, conv_args: tuple) -> Array:
+    return jax.lax.conv_general_dilated(x, kernel, **dict(conv_args))
+
+
+def _loop_safe_fwd(x, kernel, conv_args):
+    return _loop_safe_conv(x, kernel, conv_args), (x, kernel)
+
+
+def _loop_safe_bwd(conv_args, residuals, out_grad):
+    x, kernel = residuals
+    args = dict(conv_args)
+    x_grad = conv_input_grad(x, kernel, out_grad, **args)
+    numbers = args["dimension_numbers"]
+    if (
+        numbers == jax.lax.conv_dimension_numbers(x.shape, kernel.shape, _DIMENSIONS)
+        and args["lhs_dilation"] in (None, (1, 1))
+        and args["rhs_dilation"] in (None, (1, 1))
+    ):
+        # XLA's own kernel gradient is a convolution whose window is the whole output gradient,
+        # slow on CPU (~15x inside loops); an im2col matrix product is not.
+        padding = args["padding"]
+        if isinstance(padding, str):
+            window = (kernel.shape[:2], args["window_strides"])
+            padding = tuple(jax.lax.padtype_to_pads(x.shape[1:3], *window, padding))
+        kernel_grad = conv_kernel_grad(
+            x, out_grad.astype(x.dtype), kernel.shape, args["window_strides"], padding
+        )
+        return x_grad, kernel_grad.astype(kernel.dtype)
+    _, kernel_vjp = jax.vjp(lambda k: jax.lax.conv_general_dilated(x, k, **args), kernel)
+    return x_grad, kernel_vjp(out_grad.astype(kernel.dtype))[0]
+
+
+_loop_safe_conv.defvjp(_loop_safe_fwd, _loop_safe_bwd)
+
+
+def conv_general_dilated(
+    lhs: Array,
+    rhs: Array,
+    window_strides: Any,
+    padding: Any,
+    lhs_dilation: Any = None,
+    rhs_dilation: Any = None,
+    dimension_numbers: Any = None,
+    feature_group_count: int = 1,
+    precision: Any = None,
+) -> Array:
+    """``lax.conv_general_dilated`` whose input gradient stays fast inside loops on CPU.
+
+    A drop-in for ``nn.Conv(conv_general_dilated=...)``: same arguments and values, and the
+    gradient with respect to ``lhs`` from :func:`conv_input_grad`. Grouped convolutions and
+    other backends use ``lax.conv_general_dilated`` unchanged.
+    """
+    conv_args = dict(
+        window_strides=tuple(window_strides),
+        padding=padding if isinstance(padding, str) else tuple(map(tuple, padding)),
+        lhs_dilation=None if lhs_dilation is None else tuple(lhs_dilation),
+        rhs_dilation=None if rhs_dilation is None else tuple(rhs_dilation),
+        dimension_numbers=jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers),
+        precision=precision,
+    )
+    if feature_group_count != 1 or jax.default_backend() != "cpu":
+        return jax.lax.conv_general_dilated(
+            lhs, rhs, feature_group_count=feature_group_count, **conv_args
+        )
+    return _loop_safe_conv(lhs, rhs, tuple(conv_args.items()))
 
 
 @jax.custom_vjp
@@ -91,8 +210,10 @@ def _conv_fwd(x, kernel):
 
 def _conv_bwd(residuals, out_grad):
     x, kernel = residuals
-    _, input_vjp = jax.vjp(lambda x_: _xla_conv(x_, kernel), x)
-    (x_grad,) = input_vjp(out_grad.astype(x.dtype))
+    x_grad = conv_input_grad(
+        x, kernel, out_grad.astype(x.dtype), window_strides=(1, 1), padding="VALID",
+        dimension_numbers=_DIMENSIONS,
+    )  # fmt: skip
     kernel_grad = conv_kernel_grad(x, out_grad.astype(x.dtype), kernel.shape)
     return x_grad, kernel_grad.astype(kernel.dtype)
 

@@ -19,6 +19,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from robust_losses_jax.models import layers
+
 ModuleDef = Any
 
 STEMS = ("cifar", "imagenet")
@@ -111,7 +113,11 @@ class ResNet(nn.Module):
         del example_offset
         if self.stem not in STEMS:
             raise ValueError(f"Unknown stem {self.stem!r}; available: {', '.join(STEMS)}.")
-        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
+        # The loop-safe convolution: ResNets train inside lax.scan epochs (see layers).
+        conv = functools.partial(
+            nn.Conv, use_bias=False, dtype=self.dtype,
+            conv_general_dilated=layers.conv_general_dilated,
+        )  # fmt: skip
         norm = functools.partial(
             nn.BatchNorm,
             use_running_average=not train,
