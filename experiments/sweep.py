@@ -13,6 +13,12 @@ cell, ``results.csv`` (one row per run and detector) and ``results.md`` (mean ±
 are rewritten atomically from every finished run in the workdir (so several sweeps into one
 workdir add up; runs whose dataset, model, epochs or train size differ are never averaged
 together).
+
+Cells that differ only in seed, noise or loss hyperparameters (``gamma``, ``tau``, ...) train
+their models together, as one stack in one compiled program (``--max-models`` per stack, 16 by
+default; ``--no-stack`` runs one cell after another): a CL cell brings its K folds, an AUM cell
+its two runs. Each cell's folder gets what a lone run writes, up to float rounding; the stack's
+checkpoints go to ``stacks/<hash of its cells>/``, from which a killed sweep resumes.
 """
 
 from __future__ import annotations
@@ -364,6 +370,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--dry-run", action="store_true", help="list the cells and stop")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument(
+        "--stack", action=argparse.BooleanOptionalAction, default=True,
+        help="train the models of cells that differ only in seed, noise or loss "
+        "hyperparameters together, in one compiled program (default); --no-stack: one cell "
+        "after another (each cell still stacks its own folds unless -- --sequential)",
+    )  # fmt: skip
+    parser.add_argument("--max-models", type=int, default=16, help="most models in one stack")
     args = parser.parse_args(argv)
 
     from robust_losses_jax import experiment
@@ -373,6 +386,8 @@ def main(argv: list[str] | None = None) -> int:
         cells = grid(args)
         if not cells:
             raise ValueError("the grid is empty")
+        if args.max_models < 1:
+            raise ValueError(f"--max-models must be at least 1, got {args.max_models}")
         run_args = parse_run_flags(run_flags)
         configs = cell_configs(cells, run_flags, workdir)  # Every cell, before any work starts.
     except (ValueError, OSError) as error:
@@ -391,23 +406,85 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --workdir {workdir}: {error}", file=sys.stderr)
         return 2
     xla_setup.enable_compilation_cache(run_args.compilation_cache)  # Cells share programs.
-    for cell in _progress(todo, args.progress):
-        experiment.train_and_evaluate(
-            configs[cell], workdir / cell.name, data_dir=run_args.data_dir, progress=False,
-            resume=True, log=lambda _: None,
-        )  # fmt: skip
+    groups = training_groups(todo, configs, args.max_models if args.stack else 0)
+    bar = _progress(len(todo), args.progress)
+    for group in groups:
+        if len(group) == 1:
+            experiment.train_and_evaluate(
+                configs[group[0]], workdir / group[0].name, data_dir=run_args.data_dir,
+                progress=False, resume=True, log=lambda _: None,
+            )  # fmt: skip
+        else:
+            experiment.train_and_evaluate_together(
+                [configs[c] for c in group], [workdir / c.name for c in group],
+                stack_dir(workdir, group), data_dir=run_args.data_dir, progress=False,
+                log=lambda _: None,
+            )  # fmt: skip
         write_results(workdir)
+        bar.update(len(group))
+    bar.close()
     rows = write_results(workdir)
     print(f"{len(rows)} rows in {workdir / 'results.csv'}; table in {workdir / 'results.md'}")
     return 0
 
 
-def _progress(items: list, enabled: bool):
+def models_per_run(cfg: Any) -> int:
+    """Models a run trains: K folds (``cl``), two (``aum``) or one (``pt``)."""
+    return {"cl": cfg.folds, "aum": 2}.get(cfg.detector, 1)
+
+
+def training_groups(cells: list[Cell], configs: dict[Cell, Any], max_models: int) -> list:
+    """The cells, in groups whose models train together (``experiment.stack_key``).
+
+    A group holds cells of one stack key, in grid order, up to ``max_models`` models (a cell
+    with more is a group of its own); ``max_models`` 0: every cell alone. Cells that cannot join
+    a stack (``-- --sequential``, streamed data) are alone.
+    """
+    from robust_losses_jax import experiment
+
+    if max_models == 0:
+        return [[c] for c in cells]
+    by_key: dict[str, list[Cell]] = defaultdict(list)
+    for cell in cells:
+        cfg = configs[cell]
+        key = experiment.stack_key(cfg) if experiment.can_stack_runs(cfg) else cell.name
+        by_key[key].append(cell)
+    groups = []
+    for members in by_key.values():
+        group: list[Cell] = []
+        for cell in members:
+            size = sum(models_per_run(configs[c]) for c in group)
+            if group and size + models_per_run(configs[cell]) > max_models:
+                groups.append(group)
+                group = []
+            group.append(cell)
+        groups.append(group)
+    return groups
+
+
+def stack_dir(workdir: Path, group: list[Cell]) -> Path:
+    """Where a group's stack keeps its checkpoints: named by its cells, so a rerun of the same
+    unfinished cells resumes it."""
+    import hashlib
+
+    digest = hashlib.sha256("\n".join(sorted(c.name for c in group)).encode()).hexdigest()
+    return workdir / "stacks" / digest[:16]
+
+
+class _NoBar:
+    def update(self, _: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, enabled: bool):
     if not enabled:
-        return items
+        return _NoBar()
     from tqdm.auto import tqdm
 
-    return tqdm(items, desc="sweep", unit="run")
+    return tqdm(total=total, desc="sweep", unit="run")
 
 
 if __name__ == "__main__":

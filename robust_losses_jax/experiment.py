@@ -143,14 +143,24 @@ def append_jsonl(path: Path, obj: Any) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def noisy_training_data(cfg: config_lib.Config, data_dir: str | None) -> dict[str, Any]:
+def load_splits(cfg: config_lib.Config, data_dir: str | None) -> tuple[Any, Any]:
+    """``(train, test)`` splits of ``cfg.dataset`` (the whole training split: see below)."""
+    return (
+        input_pipeline.load_split(cfg.dataset, "train", data_dir),
+        input_pipeline.load_split(cfg.dataset, "test", data_dir, cfg.test_size),
+    )
+
+
+def noisy_training_data(
+    cfg: config_lib.Config, data_dir: str | None, splits: tuple[Any, Any] | None = None
+) -> dict[str, Any]:
     """The training split with corrupted labels, and the test split, as host arrays.
 
     Corruption is decided over the whole training split from the seed, then the first
     ``train_size`` examples are kept: the same seed gives the same flips whatever the subset.
+    ``splits``: :func:`load_splits`' result, when several runs share it.
     """
-    train_split = input_pipeline.load_split(cfg.dataset, "train", data_dir)
-    test_split = input_pipeline.load_split(cfg.dataset, "test", data_dir, cfg.test_size)
+    train_split, test_split = splits or load_splits(cfg, data_dir)
     num_classes = train_split.num_classes
     kwargs: dict[str, Any] = {}
     if cfg.noise_kind == "asymmetric":
@@ -312,6 +322,8 @@ class Fitted:
       aum_sum, aum_count: per member, ``[n_m]`` sums and counts of the training margins of its
         rows (every step, from the train step's own logits), for AUM.
       test_accuracy: per member, the clean test accuracy of its final model.
+      training_outputs: ``() ->`` host arrays ``[M, N, ...]``: every member on every row of the
+        stack's images, scored against its own labels (computed once, on first call).
     """
 
     states: Any
@@ -319,6 +331,7 @@ class Fitted:
     aum_sum: list[np.ndarray]
     aum_count: list[np.ndarray]
     test_accuracy: list[float]
+    training_outputs: Callable[[], dict[str, np.ndarray]]
 
 
 def uses_device_data(cfg: config_lib.Config) -> bool:
@@ -351,6 +364,7 @@ def fit(
     progress: bool = True,
     devices: list,
     log: Callable[[str], None] = print,
+    record_dirs: list[Path] | None = None,
 ) -> Fitted:
     """Train a stack of freshly initialised models (one or more :class:`device_loop.Member`).
 
@@ -366,7 +380,8 @@ def fit(
         the argmax over the first ``C`` logits.
       workdir: the stack's checkpoints go to ``checkpoints`` (``checkpoints_<tag>``); each
         member's epochs are appended to ``metrics.jsonl`` (with ``"run": member.tag`` when
-        tagged) and its per-example records go to ``train_record[_<member.tag>].npz``.
+        tagged) and its per-example records go to ``train_record[_<member.tag>].npz``, in
+        ``workdir`` or, per member, in ``record_dirs`` (a stack of several runs' models).
       is_corrupted: ``[M, N]``, when given the members are evaluated on every row after every
         epoch: ``p_t`` per epoch goes to the training record (``p_t_history`` ``[E, N]``
         float16) and ``metrics.jsonl`` gets that epoch's detection F1 (argmax != given), AUROC
@@ -433,6 +448,8 @@ def fit(
             steps_per_epoch, progress,
         )  # fmt: skip
 
+    member_labels = np.stack([m.labels for m in members])
+
     def test_accuracy(states) -> np.ndarray:
         labels = np.broadcast_to(test_labels, (num_members, len(test_labels)))
         logits = outputs(states, test_images, labels)["logits"][..., :real_classes]
@@ -445,7 +462,15 @@ def fit(
             max_to_keep=CHECKPOINTS_TO_KEEP, enable_async_checkpointing=False, create=True
         ),
     )
-    record_paths = [workdir / f"train_record{'_' + m.tag if m.tag else ''}.npz" for m in members]
+    record_dirs = record_dirs or [workdir] * len(members)
+    if len(record_dirs) != len(members):
+        raise ValueError(f"{len(record_dirs)} record_dirs for {len(members)} members.")
+    if len({(d, m.tag) for d, m in zip(record_dirs, members, strict=True)}) != len(members):
+        raise ValueError("members that share a record dir need distinct tags.")
+    record_paths = [
+        d / f"train_record{'_' + m.tag if m.tag else ''}.npz"
+        for d, m in zip(record_dirs, members, strict=True)
+    ]
     # Per member and epoch: margin sums and counts of each example (AUM), and p_t when tracked.
     # Written before the epoch's checkpoint, so a run killed in between finds every epoch it
     # resumes from (and ignores the ones after).
@@ -465,8 +490,8 @@ def fit(
                     f"records, fewer than the checkpoint's {start_epoch}; pass --overwrite to "
                     "start again."
                 )
-        for member in members:
-            _drop_epochs_after(workdir / "metrics.jsonl", member.tag, start_epoch)
+        for member, record_dir in zip(members, record_dirs, strict=True):
+            _drop_epochs_after(record_dir / "metrics.jsonl", member.tag, start_epoch)
         step = start_epoch * steps_per_epoch
         log(f"resumed {tag or 'run'} from epoch {start_epoch} (step {step})")
 
@@ -488,8 +513,7 @@ def fit(
         accuracies = test_accuracy(states)
         tracked = None
         if is_corrupted is not None:
-            labels = np.stack([m.labels for m in members])
-            tracked = outputs(states, images, labels)
+            tracked = outputs(states, images, member_labels)
         step_now = (epoch + 1) * steps_per_epoch
         records = []  # Logged once the checkpoint is saved.
         seconds = (time.perf_counter() - started) / num_members
@@ -523,8 +547,8 @@ def fit(
             atomic_write(record_paths[m], lambda f, saved=saved: np.savez(f, **saved), mode="wb")
             records.append(record)
         manager.save(step_now, args=ocp.args.StandardSave(train.to_global(states)))
-        for member, record in zip(members, records, strict=True):
-            append_jsonl(workdir / "metrics.jsonl", record)
+        for member, record, record_dir in zip(members, records, record_dirs, strict=True):
+            append_jsonl(record_dir / "metrics.jsonl", record)
             log(
                 f"{member.tag + ' ' if member.tag else ''}epoch {epoch + 1}/{cfg.epochs}: loss "
                 f"{record['train_loss']:.4f}, noisy-label acc "
@@ -543,6 +567,7 @@ def fit(
         aum_sum=aum_sum,
         aum_count=aum_count,
         test_accuracy=[float(a) for a in test_accuracy(states)],
+        training_outputs=functools.cache(lambda: outputs(states, images, member_labels)),
     )
 
 
@@ -736,20 +761,9 @@ def by_stack(trained: list[tuple[Fitted, int]]) -> list[tuple[Fitted, dict[int, 
     return list(stacks.values())
 
 
-def outputs_per_member(
-    trained: list[tuple[Fitted, int]], images: np.ndarray, labels: list[np.ndarray]
-) -> list[dict[str, np.ndarray]]:
-    """Each member's outputs on every row of ``images``, scored against its ``labels``."""
-    results: list[dict[str, np.ndarray]] = [{} for _ in trained]
-    for fitted, position in by_stack(trained):
-        pairs = position.items()
-        stacked = np.zeros((len(fitted.test_accuracy), len(images)), np.int32)
-        for j, i in pairs:
-            stacked[i] = labels[j]
-        out = fitted.outputs(images, stacked)
-        for j, i in pairs:
-            results[j] = {k: v[i] for k, v in out.items()}
-    return results
+def _training_outputs(fitted: Fitted, position: int) -> dict[str, np.ndarray]:
+    """One member's outputs on every training row, against its own labels."""
+    return {k: v[position] for k, v in fitted.training_outputs().items()}
 
 
 def _predictions(out: dict[str, np.ndarray], data: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -768,16 +782,57 @@ def _predictions(out: dict[str, np.ndarray], data: dict[str, Any]) -> dict[str, 
 OUT_OF_SAMPLE = ("logits", "probs", "p_t", "margin", "pred", "weight")
 
 
-def cross_validated(cfg, data, fit_run, workdir: Path, base_key, log) -> tuple[dict, dict]:
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+    """A run's detection protocol, set up: the models it still needs and what it makes of them.
+
+    Attributes:
+      members: the models to train (fewer than the protocol's when an interrupted run saved
+        some: a finished fold is not trained again).
+      fit_kwargs: what :func:`fit` needs besides (``num_classes``, ``is_corrupted``).
+      finish: ``trained -> (predictions, extra)``, given per member the :class:`Fitted` stack
+        that holds it and its position there (:func:`fit_members`' result). The stack may hold
+        other runs' models too (a sweep trains several runs' models together).
+      stack_tag: the name of the members' stack when the run trains them alone.
+    """
+
+    members: list[device_loop.Member]
+    fit_kwargs: dict[str, Any]
+    finish: Callable[[list[tuple[Fitted, int]]], tuple[dict, dict]]
+    stack_tag: str
+
+
+def in_sample(cfg, data, base_key) -> Protocol:
+    """``pt``: one model on every example; in-sample outputs, ``p_t`` tracked every epoch."""
+    given = data["given_label"]
+    member = device_loop.Member(
+        labels=given, rows=np.arange(len(given)), keys=_run_keys(base_key, None),
+        hparams=_loss_hparams(cfg),
+    )  # fmt: skip
+
+    def finish(trained):
+        ((fitted, position),) = trained
+        predictions = _predictions(_training_outputs(fitted, position), data)
+        return predictions, {"test_accuracy": fitted.test_accuracy[position]}
+
+    kwargs = {"num_classes": data["num_classes"], "is_corrupted": data["is_corrupted"][None]}
+    return Protocol([member], kwargs, finish, stack_tag="")
+
+
+def cross_validated_protocol(cfg, data, workdir: Path, base_key, log) -> Protocol:
     """K-fold out-of-sample outputs: each fold's rows from a fresh model trained on the others.
 
-    The K models train together (one vmapped stack) unless ``cfg.sequential``; their outputs
-    are picked into canonical order on the devices. Each fold's outputs are saved to
-    ``fold{k}.npz``, so a resumed run does not train a finished fold again.
+    Each fold's outputs are saved to ``fold{k}.npz``, so a resumed run does not train a finished
+    fold again. When the K models are one stack of their own, each row's outputs are picked from
+    its fold's model on the devices; a lone model evaluates only its fold.
     """
     given = data["given_label"]
     num_train = len(given)
     fold_of = cross_validation_folds(base_key, num_train, cfg.folds)
+    paths = [workdir / f"fold{k}.npz" for k in range(cfg.folds)]
+    missing = [k for k, path in enumerate(paths) if not path.exists()]
+    for k in sorted(set(range(cfg.folds)) - set(missing)):
+        log(f"fold {k}: outputs found in {paths[k]}, not re-trained")
     members = [
         device_loop.Member(
             labels=given,
@@ -786,65 +841,76 @@ def cross_validated(cfg, data, fit_run, workdir: Path, base_key, log) -> tuple[d
             hparams=_loss_hparams(cfg),
             tag=f"fold{k}",
         )
-        for k in range(cfg.folds)
+        for k in missing
     ]
-    paths = [workdir / f"fold{k}.npz" for k in range(cfg.folds)]
-    missing = [k for k, path in enumerate(paths) if not path.exists()]
-    for k in sorted(set(range(cfg.folds)) - set(missing)):
-        log(f"fold {k}: outputs found in {paths[k]}, not re-trained")
-    if missing:
-        trained = fit_members(
-            cfg, fit_run, data["images"], [members[k] for k in missing], stack_tag="folds",
-            log=log, num_classes=data["num_classes"],
-        )  # fmt: skip
+
+    def fold_outputs(fitted: Fitted, position: dict[int, int]) -> dict[int, dict]:
+        """``{fold: outputs on its rows}`` of this run's members in one stack (by fold)."""
+        if len(position) == 1 and len(fitted.test_accuracy) == 1:  # A lone model: its fold.
+            ((k, _),) = position.items()
+            held_out = fold_of == k
+            out = fitted.outputs(data["images"][held_out], given[None, held_out])
+            return {k: {name: v[0] for name, v in out.items()}}
+        if len(position) == len(fitted.test_accuracy):  # The stack is this run's folds.
+            member_of_row = np.zeros(num_train, np.int32)
+            for k, i in position.items():
+                member_of_row[fold_of == k] = i
+            labels = np.broadcast_to(given, (len(position), num_train))
+            out = fitted.outputs(data["images"], labels, member_of_row)
+            return {k: {n: v[fold_of == k] for n, v in out.items()} for k in position}
+        # Other runs' models in the stack too: every member on every row, computed once.
+        return {
+            k: {n: v[fold_of == k] for n, v in _training_outputs(fitted, i).items()}
+            for k, i in position.items()
+        }
+
+    def finish(trained):
         for fitted, member_position in by_stack(trained):
             position = {missing[j]: i for j, i in member_position.items()}  # By fold.
-            if len(position) == 1:  # A lone model: evaluate its own held-out rows only.
-                ((k, _),) = position.items()
-                held_out = fold_of == k
-                out = fitted.outputs(data["images"][held_out], given[None, held_out])
-                per_fold = {k: {name: v[0] for name, v in out.items()}}
-            else:  # A stack: every model on every row, each row from its fold's model.
-                member_of_row = np.zeros(num_train, np.int32)
-                for k, i in position.items():
-                    member_of_row[fold_of == k] = i
-                labels = np.broadcast_to(given, (len(fitted.test_accuracy), num_train))
-                out = fitted.outputs(data["images"], labels, member_of_row)
-                per_fold = {k: {n: v[fold_of == k] for n, v in out.items()} for k in position}
-            for k, fold_out in per_fold.items():
-                fold_out = {n: fold_out[n] for n in OUT_OF_SAMPLE}
-                fold_out["test_accuracy"] = np.float64(fitted.test_accuracy[position[k]])
-                atomic_write(paths[k], lambda f, o=fold_out: np.savez(f, **o), mode="wb")
+            for k, out in fold_outputs(fitted, position).items():
+                out = {n: out[n] for n in OUT_OF_SAMPLE}
+                out["test_accuracy"] = np.float64(fitted.test_accuracy[position[k]])
+                atomic_write(paths[k], lambda f, o=out: np.savez(f, **o), mode="wb")
         barrier("folds written")
-    parts: dict[str, np.ndarray] = {}
-    test_accuracies = []
-    for k, path in enumerate(paths):
-        held_out = fold_of == k
-        with np.load(path) as saved:
-            test_accuracies.append(float(saved["test_accuracy"]))
-            for name in OUT_OF_SAMPLE:
-                if name not in parts:
-                    parts[name] = np.zeros((num_train, *saved[name].shape[1:]), saved[name].dtype)
-                parts[name][held_out] = saved[name]  # Back in canonical order.
-    predictions = _predictions(parts, data)
-    predictions["fold"] = fold_of
-    is_flagged, score = detection.confident_learning(
-        given, parts["probs"], filter_by=cfg.cl_filter_by
-    )
-    predictions["is_flagged_cl"] = is_flagged
-    predictions["cl_score"] = score  # Self-confidence: 1 - out-of-sample p_t.
-    extra = {
-        "confident_learning": {
-            **metrics.detection_metrics(data["is_corrupted"], is_flagged),
-            "filter_by": cfg.cl_filter_by,
-        },
-        "test_accuracy_per_fold": test_accuracies,
-        "test_accuracy": float(np.mean(test_accuracies)),
-    }
-    return predictions, extra
+        parts: dict[str, np.ndarray] = {}
+        test_accuracies = []
+        for k, path in enumerate(paths):
+            held_out = fold_of == k
+            with np.load(path) as saved:
+                test_accuracies.append(float(saved["test_accuracy"]))
+                for name in OUT_OF_SAMPLE:
+                    if name not in parts:
+                        shape = (num_train, *saved[name].shape[1:])
+                        parts[name] = np.zeros(shape, saved[name].dtype)
+                    parts[name][held_out] = saved[name]  # Back in canonical order.
+        predictions = _predictions(parts, data)
+        predictions["fold"] = fold_of
+        is_flagged, score = detection.confident_learning(
+            given, parts["probs"], filter_by=cfg.cl_filter_by
+        )
+        predictions["is_flagged_cl"] = is_flagged
+        predictions["cl_score"] = score  # Self-confidence: 1 - out-of-sample p_t.
+        extra = {
+            "confident_learning": {
+                **metrics.detection_metrics(data["is_corrupted"], is_flagged),
+                "filter_by": cfg.cl_filter_by,
+            },
+            "test_accuracy_per_fold": test_accuracies,
+            "test_accuracy": float(np.mean(test_accuracies)),
+        }
+        return predictions, extra
+
+    return Protocol(members, {"num_classes": data["num_classes"]}, finish, stack_tag="folds")
 
 
-def area_under_margin(cfg, data, fit_run, base_key, log) -> tuple[dict, dict]:
+def cross_validated(cfg, data, fit_run, workdir: Path, base_key, log) -> tuple[dict, dict]:
+    """:func:`cross_validated_protocol`, trained: the K models in one stack unless
+    ``cfg.sequential``. Returns ``(predictions, extra)``."""
+    protocol = cross_validated_protocol(cfg, data, workdir, base_key, log)
+    return run_protocol(cfg, data, fit_run, protocol, log)
+
+
+def area_under_margin_protocol(cfg, data, base_key) -> Protocol:
     """AUM: two runs, each with its own N/(C+1) threshold examples moved to a fake class C."""
     num_classes = data["num_classes"]
     num_train = len(data["given_label"])
@@ -861,44 +927,84 @@ def area_under_margin(cfg, data, fit_run, base_key, log) -> tuple[dict, dict]:
         )
         for run, (_, threshold_labels) in enumerate(runs)
     ]
-    trained = fit_members(
-        cfg, fit_run, data["images"], members, stack_tag="aum", log=log,
-        num_classes=num_classes + 1,
+
+    def finish(trained):
+        aums = [
+            np.asarray(detection.aum_scores(fitted.aum_sum[i], fitted.aum_count[i]))
+            for fitted, i in trained
+        ]
+        thresholds = [np.asarray(is_threshold) for is_threshold, _ in runs]
+        test_accuracies = [fitted.test_accuracy[i] for fitted, i in trained]
+        # Per-example outputs over the real classes only, for the given labels.
+        outs = [_training_outputs(fitted, i) for fitted, i in trained]
+        is_flagged, score = detection.aum_detect(aums, thresholds, percentile=cfg.aum_percentile)
+        # The outputs of the run in which each example was not a threshold example (run 0 if
+        # neither).
+        thr0 = thresholds[0]
+        logits = np.where(thr0[:, None], outs[1]["logits"], outs[0]["logits"])[:, :num_classes]
+        probs = np.asarray(jax.nn.softmax(logits, axis=-1))
+        labels = data["given_label"]
+        p_t = probs[np.arange(len(labels)), labels]
+        margin = np.asarray(detection.margins(logits, labels))
+        weight = np.where(thr0, outs[1]["weight"], outs[0]["weight"])
+        out = {"probs": probs, "p_t": p_t, "margin": margin, "pred": logits.argmax(-1),
+               "weight": weight}  # fmt: skip
+        predictions = _predictions(out, data)
+        predictions.update(aum=np.where(thr0, aums[1], aums[0]), aum_score=score,
+                           is_flagged_aum=is_flagged, is_threshold_run0=thr0,
+                           is_threshold_run1=thresholds[1])  # fmt: skip
+        finite = np.isfinite(score)
+        extra = {
+            "aum": {
+                **metrics.detection_metrics(data["is_corrupted"], is_flagged),
+                **metrics.ranking_metrics(data["is_corrupted"][finite], score[finite]),
+                "percentile": cfg.aum_percentile,
+            },
+            "test_accuracy_per_run": test_accuracies,
+            "test_accuracy": float(np.mean(test_accuracies)),
+        }
+        return predictions, extra
+
+    return Protocol(members, {"num_classes": num_classes + 1}, finish, stack_tag="aum")
+
+
+def protocol_for(cfg, data, workdir: Path, base_key, log) -> Protocol:
+    """The protocol ``cfg.detector`` names, set up for this run."""
+    if cfg.detector == "cl":
+        return cross_validated_protocol(cfg, data, workdir, base_key, log)
+    if cfg.detector == "aum":
+        return area_under_margin_protocol(cfg, data, base_key)
+    return in_sample(cfg, data, base_key)
+
+
+def run_protocol(cfg, data, fit_run, protocol: Protocol, log) -> tuple[dict, dict]:
+    """Train a protocol's models (:func:`fit_members`) and finish it."""
+    trained = []
+    if protocol.members:
+        trained = fit_members(
+            cfg, fit_run, data["images"], protocol.members, stack_tag=protocol.stack_tag,
+            log=log, **protocol.fit_kwargs,
+        )  # fmt: skip
+    return protocol.finish(trained)
+
+
+def _start_run(cfg, workdir: Path, *, resume: bool, overwrite: bool, num_devices: int) -> None:
+    """Validate, check the workdir (nothing written before), then write ``config.json``."""
+    config_lib.validate(cfg, num_devices=num_devices)
+    workdir.mkdir(parents=True, exist_ok=True)
+    check_workdir(cfg, workdir, resume=resume, overwrite=overwrite)
+    barrier("workdir checked")  # Before process 0 writes into it.
+    if overwrite:
+        clear_outputs(workdir)
+    write_json(workdir / "config.json", cfg.to_json())
+
+
+def _fit_run(cfg, data, workdir: Path, *, resume, progress, devices, log) -> Callable:
+    return functools.partial(
+        fit, cfg, real_classes=data["num_classes"], test_images=data["test_images"],
+        test_labels=data["test_labels"], mean=data["mean"], std=data["std"], workdir=workdir,
+        resume=resume, progress=progress, devices=devices, log=log,
     )  # fmt: skip
-    aums = [
-        np.asarray(detection.aum_scores(fitted.aum_sum[i], fitted.aum_count[i]))
-        for fitted, i in trained
-    ]
-    thresholds = [np.asarray(is_threshold) for is_threshold, _ in runs]
-    test_accuracies = [fitted.test_accuracy[i] for fitted, i in trained]
-    # Per-example outputs over the real classes only, for the given labels.
-    outs = outputs_per_member(trained, data["images"], [m.labels for m in members])
-    is_flagged, score = detection.aum_detect(aums, thresholds, percentile=cfg.aum_percentile)
-    # The outputs of the run in which each example was not a threshold example (run 0 if neither).
-    thr0 = thresholds[0]
-    logits = np.where(thr0[:, None], outs[1]["logits"], outs[0]["logits"])[:, :num_classes]
-    probs = np.asarray(jax.nn.softmax(logits, axis=-1))
-    labels = data["given_label"]
-    p_t = probs[np.arange(len(labels)), labels]
-    margin = np.asarray(detection.margins(logits, labels))
-    weight = np.where(thr0, outs[1]["weight"], outs[0]["weight"])
-    out = {"probs": probs, "p_t": p_t, "margin": margin, "pred": logits.argmax(-1),
-           "weight": weight}  # fmt: skip
-    predictions = _predictions(out, data)
-    predictions.update(aum=np.where(thr0, aums[1], aums[0]), aum_score=score,
-                       is_flagged_aum=is_flagged, is_threshold_run0=thr0,
-                       is_threshold_run1=thresholds[1])  # fmt: skip
-    finite = np.isfinite(score)
-    extra = {
-        "aum": {
-            **metrics.detection_metrics(data["is_corrupted"], is_flagged),
-            **metrics.ranking_metrics(data["is_corrupted"][finite], score[finite]),
-            "percentile": cfg.aum_percentile,
-        },
-        "test_accuracy_per_run": test_accuracies,
-        "test_accuracy": float(np.mean(test_accuracies)),
-    }
-    return predictions, extra
 
 
 def train_and_evaluate(
@@ -933,51 +1039,125 @@ def train_and_evaluate(
       The summary (also written to ``summary.json``).
     """
     devices = devices or jax.devices()  # Every process's, in a multi-host run.
-    config_lib.validate(cfg, num_devices=len(devices))
     if not is_writer():
         log, progress = (lambda _: None), False
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    check_workdir(cfg, workdir, resume=resume, overwrite=overwrite)
-    barrier("workdir checked")  # Before process 0 writes into it.
-    if overwrite:
-        clear_outputs(workdir)
-    write_json(workdir / "config.json", cfg.to_json())
-
+    _start_run(cfg, workdir, resume=resume, overwrite=overwrite, num_devices=len(devices))
     data = noisy_training_data(cfg, data_dir)
-    base_key = jax.random.key(cfg.seed)
-    fit_run = functools.partial(
-        fit, cfg, real_classes=data["num_classes"], test_images=data["test_images"],
-        test_labels=data["test_labels"],
-        mean=data["mean"], std=data["std"], workdir=workdir, resume=resume, progress=progress,
-        devices=devices, log=log,
-    )  # fmt: skip
+    fit_run = _fit_run(cfg, data, workdir, resume=resume, progress=progress, devices=devices,
+                       log=log)  # fmt: skip
+    protocol = protocol_for(cfg, data, workdir, jax.random.key(cfg.seed), log)
+    predictions, extra = run_protocol(cfg, data, fit_run, protocol, log)
+    return summarise(cfg, workdir, data, predictions, extra, num_devices=len(devices), log=log)
 
-    extra: dict[str, Any] = {}
-    if cfg.detector == "cl":
-        predictions, extra = cross_validated(cfg, data, fit_run, workdir, base_key, log)
-    elif cfg.detector == "aum":
-        predictions, extra = area_under_margin(cfg, data, fit_run, base_key, log)
-    else:
-        given = data["given_label"]
-        member = device_loop.Member(
-            labels=given, rows=np.arange(len(given)), keys=_run_keys(base_key, None),
-            hparams=_loss_hparams(cfg),
-        )  # fmt: skip
-        fitted = fit_run(
-            data["images"], [member], num_classes=data["num_classes"],
-            is_corrupted=data["is_corrupted"][None],
-        )  # fmt: skip
-        # Per-example outputs on the training set, scored against the labels trained on.
-        out = fitted.outputs(data["images"], given[None])
-        predictions = _predictions({k: v[0] for k, v in out.items()}, data)
-        extra = {"test_accuracy": fitted.test_accuracy[0]}
+
+# Config fields that may differ between runs trained in one stack: they reach the models only
+# through their labels, keys and traced loss hyperparameters.
+STACKABLE_FIELDS = ("seed", "noise_rate", "noise_kind", "transition", "loss_hparams")
+
+
+def stack_key(cfg: config_lib.Config) -> str:
+    """Runs with equal keys can train their models in one stack (see :data:`STACKABLE_FIELDS`)."""
+    fields = {k: v for k, v in cfg.to_json().items() if k not in STACKABLE_FIELDS}
+    fields["loss_hparam_names"] = sorted(cfg.to_json()["loss_hparams"])
+    return json.dumps(fields, sort_keys=True, default=str)
+
+
+def can_stack_runs(cfg: config_lib.Config) -> bool:
+    """Whether this run's models may join a stack with other runs' (and its own folds')."""
+    return not cfg.sequential and uses_device_data(cfg) and jax.process_count() == 1
+
+
+def train_and_evaluate_together(
+    cfgs: list[config_lib.Config],
+    workdirs: list[str | Path],
+    stack_dir: str | Path,
+    *,
+    data_dir: str | None = None,
+    progress: bool = True,
+    devices: list | None = None,
+    log: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
+    """Several runs whose models train in one stack: e.g. seeds x ``gamma`` values of a sweep.
+
+    Each run is what :func:`train_and_evaluate` with ``resume=True`` makes of it, in its own
+    workdir (``config.json``, ``metrics.jsonl``, training records, folds, predictions,
+    summary), up to float rounding; the stack's checkpoints go to ``stack_dir`` (the same runs
+    again resume from them). The runs must agree on everything but :data:`STACKABLE_FIELDS`
+    (:func:`stack_key`) and hold their data on the devices; when their models' steps per epoch
+    differ (K-fold folds across a batch boundary), each run trains on its own.
+
+    Returns:
+      The runs' summaries.
+    """
+    devices = devices or jax.devices()
+    if len(cfgs) != len(workdirs) or not cfgs:
+        raise ValueError(f"{len(cfgs)} configs for {len(workdirs)} workdirs; pass one per run.")
+    if len({stack_key(c) for c in cfgs}) > 1:
+        raise ValueError(
+            "runs in one stack may differ only in " + ", ".join(STACKABLE_FIELDS) + "."
+        )
+    if not all(can_stack_runs(c) for c in cfgs):
+        raise ValueError("stacked runs need their data on the devices, one process, and no "
+                         "--sequential.")  # fmt: skip
+    workdirs = [Path(w) for w in workdirs]
+    for cfg, workdir in zip(cfgs, workdirs, strict=True):
+        _start_run(cfg, workdir, resume=True, overwrite=False, num_devices=len(devices))
+    splits = load_splits(cfgs[0], data_dir)  # One load: the runs share dataset and sizes.
+    datas = [noisy_training_data(cfg, data_dir, splits) for cfg in cfgs]
+    protocols = [
+        protocol_for(cfg, data, workdir, jax.random.key(cfg.seed), log)
+        for cfg, data, workdir in zip(cfgs, datas, workdirs, strict=True)
+    ]
+    members, record_dirs, owner = [], [], []
+    for r, (protocol, workdir) in enumerate(zip(protocols, workdirs, strict=True)):
+        members += protocol.members
+        record_dirs += [workdir] * len(protocol.members)
+        owner += [r] * len(protocol.members)
+    steps = {len(m.rows) // cfgs[0].batch_size for m in members}
+    if len(steps) > 1:  # Folds across a batch boundary: each run on its own, as it would alone.
+        log(f"steps per epoch differ ({sorted(steps)}); training the runs one after another")
+        summaries = []
+        for cfg, workdir, data, protocol in zip(cfgs, workdirs, datas, protocols, strict=True):
+            fit_run = _fit_run(cfg, data, workdir, resume=True, progress=progress,
+                               devices=devices, log=log)  # fmt: skip
+            predictions, extra = run_protocol(cfg, data, fit_run, protocol, log)
+            summaries.append(summarise(cfg, workdir, data, predictions, extra,
+                                       num_devices=len(devices), log=log))  # fmt: skip
+        return summaries
+    trained: list[tuple[Fitted, int]] = []
+    if members:
+        kwargs = dict(protocols[0].fit_kwargs)
+        if "is_corrupted" in kwargs:  # Each member tracked against its own run's corruption.
+            kwargs["is_corrupted"] = np.concatenate(
+                [p.fit_kwargs["is_corrupted"] for p in protocols if p.members]
+            )
+        fit_run = _fit_run(cfgs[0], datas[0], Path(stack_dir), resume=True, progress=progress,
+                           devices=devices, log=log)  # fmt: skip
+        fitted = fit_run(datas[0]["images"], members, tag="stack", record_dirs=record_dirs,
+                         **kwargs)  # fmt: skip
+        trained = [(fitted, i) for i in range(len(members))]
+    summaries = []
+    for r, (cfg, workdir, data, protocol) in enumerate(
+        zip(cfgs, workdirs, datas, protocols, strict=True)
+    ):
+        own = [t for t, o in zip(trained, owner, strict=True) if o == r]
+        predictions, extra = protocol.finish(own)
+        summaries.append(
+            summarise(cfg, workdir, data, predictions, extra, num_devices=len(devices), log=log)
+        )
+    return summaries
+
+
+def summarise(cfg, workdir: Path, data, predictions, extra, *, num_devices: int, log) -> dict:
+    """Write ``predictions.npz`` and ``summary.json`` (detection scores, test accuracy, ...)."""
+    extra = dict(extra)
     atomic_write(
         workdir / "predictions.npz", lambda f: np.savez_compressed(f, **predictions), mode="wb"
     )
     warning = degeneracy_warning(predictions, data["num_classes"])
     if warning:
-        warnings.warn(warning, stacklevel=2)
+        warnings.warn(warning, stacklevel=3)
         log(f"WARNING: {warning}")
     report = corruption.noise_report(data["true_label"], data["given_label"], data["num_classes"])
     is_corrupted = data["is_corrupted"]
@@ -999,7 +1179,7 @@ def train_and_evaluate(
         "detection": detection_scores,
         "degenerate": warning,
         "epochs": cfg.epochs,
-        "devices": len(devices),
+        "devices": num_devices,
     }
     write_json(workdir / "summary.json", summary)
     return summary

@@ -65,6 +65,47 @@ def test_same_seed_same_result_and_resume_matches(tmp_path):
     assert [json.loads(x)["epoch"] for x in lines] == [1, 2, 3]
 
 
+def test_runs_stacked_together_resume_from_the_stack_checkpoint(tmp_path):
+    """Two runs (seeds x gamma) in one stack: 2 epochs, then extended to 3 from the stack's
+    checkpoint, equal each run trained alone for 3 epochs."""
+    from robust_losses_jax import config as config_lib
+    from robust_losses_jax import experiment
+
+    def config(seed, gamma, epochs):
+        return config_lib.Config(
+            dataset="sklearn_digits", model="mlp", batch_size=64, eval_batch_size=256,
+            train_size=None, loss="power", loss_hparams={"gamma": gamma}, delay_epochs=1,
+            seed=seed, epochs=epochs,
+        )  # fmt: skip
+
+    settings = [(0, 1.0), (1, 2.0)]
+    runs = [tmp_path / f"run{i}" for i in range(len(settings))]
+    for epochs in (2, 3):
+        experiment.train_and_evaluate_together(
+            [config(s, g, epochs) for s, g in settings], runs, tmp_path / "stack",
+            progress=False, log=lambda _: None,
+        )  # fmt: skip
+    assert len(list((tmp_path / "stack" / "checkpoints_stack").iterdir())) == 3  # 3 epochs kept.
+    for (seed, gamma), workdir in zip(settings, runs, strict=True):
+        alone = tmp_path / f"alone{seed}"
+        experiment.train_and_evaluate(
+            config(seed, gamma, 3), alone, progress=False, log=lambda _: None
+        )
+        got, want = np.load(workdir / "predictions.npz"), np.load(alone / "predictions.npz")
+        np.testing.assert_allclose(got["p_t"], want["p_t"], atol=2e-5)
+        lines = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+        assert [x["epoch"] for x in lines] == [1, 2, 3]
+        history = np.load(workdir / "train_record.npz")["p_t_history"]
+        np.testing.assert_allclose(
+            history, np.load(alone / "train_record.npz")["p_t_history"], atol=2e-3
+        )
+    with pytest.raises(ValueError, match="may differ only in"):
+        experiment.train_and_evaluate_together(
+            [config(0, 1.0, 1), config_lib.Config(**{**config(1, 1.0, 1).__dict__, "lr": 0.1})],
+            [tmp_path / "x", tmp_path / "y"], tmp_path / "stack2", progress=False,
+        )  # fmt: skip
+
+
 def test_data_on_device_trains_like_streaming(tmp_path):
     """Same seed, same corruption and batches whether the split lives on the devices (each epoch
     one compiled program) or is streamed from the host a step at a time."""

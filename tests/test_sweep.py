@@ -4,6 +4,7 @@ import argparse
 import csv
 import json
 
+import numpy as np
 import pytest
 
 from experiments import report, sweep
@@ -297,3 +298,73 @@ def test_legitimate_run_flags_pass(tmp_path, capsys):
     assert exit_code(sweep_argv(workdir, ["--dry-run"], run_flags)) == 0
     assert "1 cells, 0 finished, 1 to run" in capsys.readouterr().out
     assert not workdir.exists()
+
+
+STACK_GRID = ["--losses=ce;power:gamma=0.5;power:gamma=2", "--delays=1", "--noise=symmetric:0.3",
+              "--detectors=pt,cl,aum", "--seeds=0,1", "--no-progress"]  # fmt: skip
+STACK_RUN_FLAGS = [*RUN_FLAGS[:-1], "--epochs=2", "--folds=3"]
+
+
+@pytest.fixture(scope="module")
+def stacked_and_not(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stacking")
+    for name, flags in (("stacked", ["--max-models=9"]), ("alone", ["--no-stack"])):
+        argv = [*STACK_GRID, *flags, f"--workdir={root / name}", "--", *STACK_RUN_FLAGS]
+        assert sweep.main(argv) == 0
+    return root / "stacked", root / "alone"
+
+
+def test_stacked_sweep_cells_equal_cells_trained_alone(stacked_and_not):
+    """Seeds x gamma cells whose models trained in one stack (folds and AUM runs included)
+    give what each cell trained alone gives, file by file."""
+    stacked, alone = stacked_and_not
+    rows = {(r["cell"], r["detector"]): r for r in csv.DictReader((stacked / "results.csv").open())}
+    ref = {(r["cell"], r["detector"]): r for r in csv.DictReader((alone / "results.csv").open())}
+    assert rows.keys() == ref.keys() and len({cell for cell, _ in rows}) == 18
+    for key, row in rows.items():
+        for column in ("f1", "precision", "recall", "auroc", "test_accuracy"):
+            if row[column]:
+                assert float(row[column]) == pytest.approx(float(ref[key][column]), abs=1e-6)
+    for cell in {cell for cell, _ in rows}:
+        got, want = (
+            np.load(stacked / cell / "predictions.npz"),
+            np.load(alone / cell / "predictions.npz"),
+        )
+        np.testing.assert_allclose(got["p_t"], want["p_t"], atol=2e-5)
+        got_lines = (stacked / cell / "metrics.jsonl").read_text().splitlines()
+        want_lines = (alone / cell / "metrics.jsonl").read_text().splitlines()
+        assert len(got_lines) == len(want_lines) > 0
+        for a, b in zip(got_lines, want_lines, strict=True):
+            a, b = json.loads(a), json.loads(b)
+            assert a.get("run") == b.get("run") and a["epoch"] == b["epoch"]
+            assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-5)
+        records = sorted(p.name for p in (stacked / cell).glob("train_record*.npz"))
+        assert records == sorted(p.name for p in (alone / cell).glob("train_record*.npz"))
+
+
+def test_stacks_group_cells_by_loss_and_protocol_up_to_max_models(stacked_and_not):
+    stacked, alone = stacked_and_not
+    # ce: pt (2 cells), cl (2 x 3 folds), aum (2 x 2 runs); power (gamma 0.5, 2 x seeds 0, 1):
+    # pt (4 cells), cl (3 cells = 9 folds at --max-models=9, then one cell alone), aum (8 runs):
+    # 6 stacks.
+    assert len(list((stacked / "stacks").iterdir())) == 6
+    assert all(len(list(d.glob("checkpoints_stack"))) == 1 for d in (stacked / "stacks").iterdir())
+    assert not (alone / "stacks").exists()
+
+
+def test_training_groups_respect_max_models_and_sequential(tmp_path):
+    namespace = argparse.Namespace(
+        losses="power:gamma=1;power:gamma=2", delays="1", noise="symmetric:0.2",
+        detectors="cl", seeds="0,1,2",
+    )  # fmt: skip
+    cells = sweep.grid(namespace)
+    configs = sweep.cell_configs(cells, ["--folds=3", *RUN_FLAGS], tmp_path)
+    sizes = [len(g) for g in sweep.training_groups(cells, configs, max_models=7)]
+    assert sizes == [2, 2, 2]  # 3 folds a cell: two cells (6 models) per stack of at most 7.
+    assert [len(g) for g in sweep.training_groups(cells, configs, max_models=2)] == [1] * 6
+    assert [len(g) for g in sweep.training_groups(cells, configs, max_models=0)] == [1] * 6
+    sequential = sweep.cell_configs(cells, ["--folds=3", "--sequential", *RUN_FLAGS], tmp_path)
+    assert [len(g) for g in sweep.training_groups(cells, sequential, max_models=16)] == [1] * 6
+    assert sweep.main([
+        "--max-models=0", "--detectors=pt", "--seeds=0", f"--workdir={tmp_path / 'w'}",
+    ]) == 2  # fmt: skip
