@@ -13,6 +13,10 @@
   accuracy, plus AUROC of ``1 - p_t`` and precision at k = number of corrupted examples.
 
 Every file is written to a temporary name and renamed, so a killed run leaves no truncated file.
+
+``train_and_evaluate_together(configs, workdirs, stack_dir)`` does the same for several runs that
+differ only in seed, noise or loss hyperparameters, their models trained in one stack (the
+sweep's default), each run's folder getting what it would alone.
 """
 
 from __future__ import annotations
