@@ -131,6 +131,31 @@ def conv_input_grad(x: Array, kernel: Array, out_grad: Array, **conv_args: Any) 
     return vjp(out_grad.astype(x.dtype))[0]
 
 
+def _conv_args(
+    lhs: Array,
+    rhs: Array,
+    window_strides: Any,
+    padding: Any,
+    dimension_numbers: Any,
+    lhs_dilation: Any = None,
+    rhs_dilation: Any = None,
+    precision: Any = None,
+) -> tuple:
+    """``lax.conv_general_dilated``'s keyword arguments, hashable (``(name, value)`` pairs)."""
+    return tuple(
+        dict(
+            window_strides=tuple(window_strides),
+            padding=padding if isinstance(padding, str) else tuple(map(tuple, padding)),
+            lhs_dilation=None if lhs_dilation is None else tuple(lhs_dilation),
+            rhs_dilation=None if rhs_dilation is None else tuple(rhs_dilation),
+            dimension_numbers=jax.lax.conv_dimension_numbers(
+                lhs.shape, rhs.shape, dimension_numbers
+            ),
+            precision=precision,
+        ).items()
+    )
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _loop_safe_conv(x: Array, kernel: Array, conv_args: tuple) -> Array:
     return jax.lax.conv_general_dilated(x, kernel, **dict(conv_args))
@@ -178,47 +203,21 @@ def conv_general_dilated(
     feature_group_count: int = 1,
     precision: Any = None,
 ) -> Array:
-    """``lax.conv_general_dilated`` whose input gradient stays fast inside loops on CPU.
+    """``lax.conv_general_dilated`` whose gradients stay fast inside loops on CPU.
 
-    A drop-in for ``nn.Conv(conv_general_dilated=...)``: same arguments and values, and the
-    gradient with respect to ``lhs`` from :func:`conv_input_grad`. Grouped convolutions and
-    other backends use ``lax.conv_general_dilated`` unchanged.
+    A drop-in for ``nn.Conv(conv_general_dilated=...)``: same arguments and values; the
+    gradient with respect to ``lhs`` from :func:`conv_input_grad`, and with respect to ``rhs``
+    from :func:`conv_kernel_grad` (``NHWC``/``HWIO``, undilated; else XLA's). Grouped
+    convolutions and other backends use ``lax.conv_general_dilated`` unchanged.
     """
-    conv_args = dict(
-        window_strides=tuple(window_strides),
-        padding=padding if isinstance(padding, str) else tuple(map(tuple, padding)),
-        lhs_dilation=None if lhs_dilation is None else tuple(lhs_dilation),
-        rhs_dilation=None if rhs_dilation is None else tuple(rhs_dilation),
-        dimension_numbers=jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers),
-        precision=precision,
+    conv_args = _conv_args(
+        lhs, rhs, window_strides, padding, dimension_numbers, lhs_dilation, rhs_dilation, precision
     )
     if feature_group_count != 1 or jax.default_backend() != "cpu":
         return jax.lax.conv_general_dilated(
-            lhs, rhs, feature_group_count=feature_group_count, **conv_args
+            lhs, rhs, feature_group_count=feature_group_count, **dict(conv_args)
         )
-    return _loop_safe_conv(lhs, rhs, tuple(conv_args.items()))
-
-
-@jax.custom_vjp
-def _conv_matmul_grad(x: Array, kernel: Array) -> Array:
-    return _xla_conv(x, kernel)
-
-
-def _conv_fwd(x, kernel):
-    return _xla_conv(x, kernel), (x, kernel)
-
-
-def _conv_bwd(residuals, out_grad):
-    x, kernel = residuals
-    x_grad = conv_input_grad(
-        x, kernel, out_grad.astype(x.dtype), window_strides=(1, 1), padding="VALID",
-        dimension_numbers=_DIMENSIONS,
-    )  # fmt: skip
-    kernel_grad = conv_kernel_grad(x, out_grad.astype(x.dtype), kernel.shape)
-    return x_grad, kernel_grad.astype(kernel.dtype)
-
-
-_conv_matmul_grad.defvjp(_conv_fwd, _conv_bwd)
+    return _loop_safe_conv(lhs, rhs, conv_args)
 
 
 def conv2d(x: Array, kernel: Array, *, padding: str = "VALID", matmul_grad: str = "auto") -> Array:
@@ -226,8 +225,9 @@ def conv2d(x: Array, kernel: Array, *, padding: str = "VALID", matmul_grad: str 
 
     Args:
       padding: ``'VALID'`` or ``'SAME'``.
-      matmul_grad: ``'auto'`` (on CPU only), ``'always'`` or ``'never'``: compute the kernel
-        gradient with :func:`conv_kernel_grad` instead of XLA's convolution.
+      matmul_grad: ``'auto'`` (on CPU only), ``'always'`` or ``'never'``: the gradients of
+        :func:`conv_general_dilated` (kernel gradient by :func:`conv_kernel_grad`, input
+        gradient by :func:`conv_input_grad`) instead of XLA's.
     """
     if padding not in ("VALID", "SAME"):
         raise ValueError(f"padding {padding!r} must be 'VALID' or 'SAME'.")
@@ -240,7 +240,10 @@ def conv2d(x: Array, kernel: Array, *, padding: str = "VALID", matmul_grad: str 
     use_matmul = matmul_grad == "always" or (
         matmul_grad == "auto" and jax.default_backend() == "cpu"
     )
-    out = _conv_matmul_grad(x, kernel) if use_matmul else _xla_conv(x, kernel)
+    if use_matmul:
+        out = _loop_safe_conv(x, kernel, _conv_args(x, kernel, (1, 1), "VALID", _DIMENSIONS))
+    else:
+        out = _xla_conv(x, kernel)
     return out.astype(x.dtype)
 
 
