@@ -325,19 +325,14 @@ def train_epoch_program(
     batch_size: int,
     steps_per_epoch: int,
     vectorize: bool | None = None,
-    chunk: int | None = None,
 ) -> Callable:
     """``(states, data, hparams, step_keys, order_keys, epoch) -> (states, host metrics)``.
 
-    One epoch of the stack: the order is drawn on the devices, then the steps run in compiled
-    programs of ``chunk`` steps (default: the whole epoch in one); nothing returns to the host
-    until the epoch ends. ``vectorize``: see
+    One epoch of the stack: the order is drawn on the devices, then one compiled program runs
+    every step; nothing returns to the host until the epoch ends. ``vectorize``: see
     :func:`for_each_member`; None: :func:`default_vectorize`. Metrics as :func:`train_steps`,
-    for the whole epoch.
+    for the whole epoch, as host arrays.
     """
-    chunk = chunk or steps_per_epoch
-    if steps_per_epoch % chunk:
-        raise ValueError(f"chunk {chunk} does not divide the {steps_per_epoch} steps of an epoch.")
     orders = jax.jit(
         functools.partial(epoch_orders, sizes=sizes, steps=steps_per_epoch, batch=batch_size)
     )
@@ -351,18 +346,8 @@ def train_epoch_program(
 
     def run(states, data, hparams, step_keys, order_keys, epoch):
         positions = train.replicate(orders(order_keys, epoch), mesh)
-        parts = []
-        for start in range(0, steps_per_epoch, chunk):
-            states, metrics = steps(
-                states, data, hparams, step_keys, positions[:, start : start + chunk]
-            )
-            parts.append(metrics)
-        # Host arrays: the calls' metrics are small, and summing them here keeps eager device
-        # ops off the parallel programs' outputs.
-        parts = jax.device_get(parts)
-        total = {k: sum(p[k] for p in parts) for k in parts[0] if k != "finite"}
-        total["finite"] = np.concatenate([p["finite"] for p in parts], axis=1)
-        return states, total
+        states, metrics = steps(states, data, hparams, step_keys, positions)
+        return states, jax.device_get(metrics)
 
     return run
 
