@@ -402,7 +402,7 @@ def fit(
     sizes = tuple(len(m.rows) for m in members)
     if min(sizes) < cfg.batch_size:
         raise ValueError(f"batch size {cfg.batch_size} exceeds the {min(sizes)} training examples.")
-    steps = {n // cfg.batch_size for n in sizes}
+    steps = _steps_per_epoch(members, cfg.batch_size)
     if len(steps) > 1:
         raise ValueError(
             f"stack members have different steps per epoch ({sorted(steps)}); train them "
@@ -501,6 +501,7 @@ def fit(
 
     epochs = range(start_epoch, cfg.epochs)
     desc = f"{tag or 'training'} ({num_members} model{'s' if num_members > 1 else ''})"
+    accuracies, tracked = None, None  # The last epoch's, for the final model.
     for epoch in _tqdm(epochs, progress and on_device, desc=desc, leave=False):
         started = time.perf_counter()
         states, epoch_metrics = run_epoch(states, epoch)
@@ -515,7 +516,6 @@ def fit(
                     f"in {workdir / f'checkpoints{suffix}'}; no summary was written."
                 )
         accuracies = test_accuracy(states)
-        tracked = None
         if is_corrupted is not None:
             tracked = outputs(states, images, member_labels)
         step_now = (epoch + 1) * steps_per_epoch
@@ -565,13 +565,18 @@ def fit(
                for h, n in zip(history, sizes, strict=True)]  # fmt: skip
     aum_count = [np.sum(h["margin_count"], axis=0, dtype=np.int64).reshape(n)
                  for h, n in zip(history, sizes, strict=True)]  # fmt: skip
+    if accuracies is None:  # Resumed with every epoch done.
+        accuracies = test_accuracy(states)
     return Fitted(
         states=states,
         outputs=functools.partial(outputs, states),
         aum_sum=aum_sum,
         aum_count=aum_count,
-        test_accuracy=[float(a) for a in test_accuracy(states)],
-        training_outputs=functools.cache(lambda: outputs(states, images, member_labels)),
+        test_accuracy=[float(a) for a in accuracies],
+        # The last epoch's tracked outputs are the final model's.
+        training_outputs=functools.cache(
+            lambda: tracked if tracked is not None else outputs(states, images, member_labels)
+        ),
     )
 
 
@@ -730,6 +735,11 @@ def _loss_hparams(cfg: config_lib.Config) -> dict[str, float]:
     return {k: float(v) for k, v in cfg.to_json()["loss_hparams"].items()}
 
 
+def _steps_per_epoch(members: list[device_loop.Member], batch_size: int) -> set[int]:
+    """The members' steps per epoch (a stack needs one value)."""
+    return {len(m.rows) // batch_size for m in members}
+
+
 def fit_members(
     cfg: config_lib.Config,
     fit_run: Callable[..., Fitted],
@@ -746,7 +756,7 @@ def fit_members(
     steps per epoch differ (folds of unequal size across a batch boundary). Returns, per member,
     the :class:`Fitted` stack that holds it and its position there.
     """
-    steps = {len(m.rows) // cfg.batch_size for m in members}
+    steps = _steps_per_epoch(members, cfg.batch_size)
     together = not cfg.sequential and uses_device_data(cfg) and len(members) > 1
     if together and len(steps) > 1:
         log(f"{stack_tag}: steps per epoch differ ({sorted(steps)}); training one at a time")
@@ -1118,39 +1128,37 @@ def train_and_evaluate_together(
         members += protocol.members
         record_dirs += [workdir] * len(protocol.members)
         owner += [r] * len(protocol.members)
-    steps = {len(m.rows) // cfgs[0].batch_size for m in members}
+    steps = _steps_per_epoch(members, cfgs[0].batch_size)
     if len(steps) > 1:  # Folds across a batch boundary: each run on its own, as it would alone.
         log(f"steps per epoch differ ({sorted(steps)}); training the runs one after another")
-        summaries = []
-        for cfg, workdir, data, protocol in zip(cfgs, workdirs, datas, protocols, strict=True):
-            fit_run = _fit_run(cfg, data, workdir, resume=True, progress=progress,
-                               devices=devices, log=log)  # fmt: skip
-            predictions, extra = run_protocol(cfg, data, fit_run, protocol, log)
-            summaries.append(summarise(cfg, workdir, data, predictions, extra,
-                                       num_devices=len(devices), log=log))  # fmt: skip
-        return summaries
-    trained: list[tuple[Fitted, int]] = []
-    if members:
-        kwargs = dict(protocols[0].fit_kwargs)
-        if "is_corrupted" in kwargs:  # Each member tracked against its own run's corruption.
-            kwargs["is_corrupted"] = np.concatenate(
-                [p.fit_kwargs["is_corrupted"] for p in protocols if p.members]
-            )
-        fit_run = _fit_run(cfgs[0], datas[0], Path(stack_dir), resume=True, progress=progress,
-                           devices=devices, log=log)  # fmt: skip
-        fitted = fit_run(datas[0]["images"], members, tag="stack", record_dirs=record_dirs,
-                         **kwargs)  # fmt: skip
-        trained = [(fitted, i) for i in range(len(members))]
-    summaries = []
-    for r, (cfg, workdir, data, protocol) in enumerate(
-        zip(cfgs, workdirs, datas, protocols, strict=True)
-    ):
-        own = [t for t, o in zip(trained, owner, strict=True) if o == r]
-        predictions, extra = protocol.finish(own)
-        summaries.append(
-            summarise(cfg, workdir, data, predictions, extra, num_devices=len(devices), log=log)
+        results = [
+            run_protocol(cfg, data, _fit_run(cfg, data, workdir, resume=True, progress=progress,
+                                             devices=devices, log=log), protocol, log)
+            for cfg, data, workdir, protocol in zip(cfgs, datas, workdirs, protocols, strict=True)
+        ]  # fmt: skip
+    else:
+        trained: list[tuple[Fitted, int]] = []
+        if members:
+            kwargs = dict(protocols[0].fit_kwargs)
+            if "is_corrupted" in kwargs:  # Each member tracked against its own run's corruption.
+                kwargs["is_corrupted"] = np.concatenate(
+                    [p.fit_kwargs["is_corrupted"] for p in protocols if p.members]
+                )
+            fit_run = _fit_run(cfgs[0], datas[0], Path(stack_dir), resume=True,
+                               progress=progress, devices=devices, log=log)  # fmt: skip
+            fitted = fit_run(datas[0]["images"], members, tag="stack", record_dirs=record_dirs,
+                             **kwargs)  # fmt: skip
+            trained = [(fitted, i) for i in range(len(members))]
+        results = [
+            protocol.finish([t for t, o in zip(trained, owner, strict=True) if o == r])
+            for r, protocol in enumerate(protocols)
+        ]
+    return [
+        summarise(cfg, workdir, data, predictions, extra, num_devices=len(devices), log=log)
+        for cfg, workdir, data, (predictions, extra) in zip(
+            cfgs, workdirs, datas, results, strict=True
         )
-    return summaries
+    ]
 
 
 def summarise(cfg, workdir: Path, data, predictions, extra, *, num_devices: int, log) -> dict:
