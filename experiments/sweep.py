@@ -407,7 +407,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     xla_setup.enable_compilation_cache(run_args.compilation_cache)  # Cells share programs.
     groups = training_groups(todo, configs, args.max_models if args.stack else 0)
-    bar = _progress(len(todo), args.progress)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(todo), desc="sweep", unit="run", disable=not args.progress)
     for group in groups:
         if len(group) == 1:
             experiment.train_and_evaluate(
@@ -469,22 +471,6 @@ def stack_dir(workdir: Path, group: list[Cell]) -> Path:
 
     digest = hashlib.sha256("\n".join(sorted(c.name for c in group)).encode()).hexdigest()
     return workdir / "stacks" / digest[:16]
-
-
-class _NoBar:
-    def update(self, _: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _progress(total: int, enabled: bool):
-    if not enabled:
-        return _NoBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="sweep", unit="run")
 
 
 if __name__ == "__main__":

@@ -64,7 +64,7 @@ def enable_compilation_cache(path: str | None) -> None:
 
     Programs are keyed by their compiled text, so the K folds of a sequential CL run, the cells
     of a sweep and re-runs of an experiment load the epoch programs compiled before instead of
-    compiling them again (XLA:CPU takes 5-20 s per program). Only the user's own processes may
+    compiling them again (XLA:CPU takes seconds per program). Only the user's own processes may
     write there: JAX trusts what it loads from the cache.
     """
     if not path:
