@@ -179,3 +179,30 @@ def test_optimizers_build_and_step(name, schedule):
     params = {"w": jnp.ones(3)}
     updates, _ = tx.update({"w": jnp.ones(3)}, tx.init(params), params)
     assert np.all(np.isfinite(np.asarray(updates["w"])))
+
+
+@pytest.mark.parametrize("model_name", ["small_cnn", "resnet_tiny"])
+def test_create_train_state_is_one_program_with_eager_values(model_name):
+    """The jitted initialisation gives exactly the op-by-op values, and compiles once per model."""
+    model = models.get_model(model_name, 10, bn_axis_name=train.AXIS)
+    tx = train.make_optimizer("adam", 1e-3, total_steps=10)
+    key = jax.random.key(3)
+    state = train.create_train_state(key, model, (12, 12, 3), tx)
+    eager = model.init({"params": key, "dropout": key}, jnp.zeros((1, 12, 12, 3)), train=False)
+    jax.tree.map(np.testing.assert_array_equal, state.params, eager["params"])
+    before = train._init_variables._cache_size()
+    again = models.get_model(model_name, 10, bn_axis_name=train.AXIS)  # Equal, not identical.
+    train.create_train_state(jax.random.key(4), again, (12, 12, 3), tx)
+    assert train._init_variables._cache_size() == before
+
+
+def test_create_train_state_takes_unhashable_models():
+    """A list-valued field cannot be a static argument: initialised op by op instead, same values."""
+    tx = train.make_optimizer("sgd", 0.1, total_steps=10)
+    listed = models.get_model("mlp", 10, hidden_sizes=[16, 8])
+    tupled = models.get_model("mlp", 10, hidden_sizes=(16, 8))
+    with pytest.raises(TypeError):
+        hash(listed)
+    a = train.create_train_state(jax.random.key(0), listed, (8, 8, 1), tx)
+    b = train.create_train_state(jax.random.key(0), tupled, (8, 8, 1), tx)
+    jax.tree.map(np.testing.assert_array_equal, a.params, b.params)
