@@ -227,6 +227,7 @@ def evaluate(
     images: Array,
     labels: Array,
     hparams: Mapping[str, Array],
+    rows: Array | None = None,
     *,
     eval_fn: Callable,
     batch_size: int,
@@ -234,55 +235,95 @@ def evaluate(
     vectorize: bool = True,
     axis_name: str = train.AXIS,
 ) -> dict[str, Array]:
-    """Every member's outputs on every row of ``images``, ``[M, N, ...]`` in canonical order.
+    """Every member's outputs on its rows of ``images``, gathered in order on the devices.
 
     Args:
       images: uint8 ``[N, H, W, C]``, replicated; labels: int ``[M, N]`` (to score ``p_t``).
+      rows: None (every member on every row), or int32 ``[M, R]``: member ``m`` evaluates only
+        ``images[rows[m]]`` (K-fold's held-out rows; pad a short member's rows by repeating one
+        of its own: the repeat is computed again and gives the same values).
       eval_fn: ``(state, batch, hparams) -> outputs``, :func:`train.eval_step` bound.
-      batch_size: global eval batch; the last batch is padded (with row 0) and the padding cut.
+      batch_size: global eval batch; the last batch is padded (with position 0) and the padding
+        cut.
 
-    Returns (replicated): ``logits [M, N, C]``, ``probs`` (softmax), ``p_t``, ``margin``,
-    ``pred``, ``weight``, ``loss`` ``[M, N]``; gathered from the devices on the devices.
+    Returns (replicated): ``logits [M, R, C]``, ``probs`` (softmax), ``p_t``, ``margin``,
+    ``pred``, ``weight``, ``loss`` ``[M, R]`` (``R = N`` without ``rows``), position ``j`` of
+    member ``m`` being row ``rows[m, j]`` (``j``).
     """
-    num_rows = images.shape[0]
+    num_positions = images.shape[0] if rows is None else rows.shape[1]
     per_device = batch_size // num_devices
-    num_batches = -(-num_rows // batch_size)
+    num_batches = -(-num_positions // batch_size)
     device = jax.lax.axis_index(axis_name)
 
+    def member_eval(state, image, member_labels, member_hparams):
+        return eval_fn(state, {"image": image, "label": member_labels}, member_hparams)
+
     def one_batch(_, i):
-        rows = i * batch_size + device * per_device + jnp.arange(per_device)
-        rows = jnp.where(rows < num_rows, rows, 0)
-        image = images[rows]  # Shared by the members (closed over: not vmapped).
-
-        def member_eval(state, member_labels, member_hparams):
-            return eval_fn(state, {"image": image, "label": member_labels}, member_hparams)
-
-        return None, for_each_member(member_eval, vectorize, states, labels[:, rows], hparams)
+        positions = i * batch_size + device * per_device + jnp.arange(per_device)
+        positions = jnp.where(positions < num_positions, positions, 0)
+        if rows is None:  # One image batch shared by the members (closed over: not vmapped).
+            image = images[positions]
+            return None, for_each_member(
+                lambda state, labels_, hparams_: member_eval(state, image, labels_, hparams_),
+                vectorize, states, labels[:, positions], hparams,
+            )  # fmt: skip
+        member_rows = rows[:, positions]  # [M, b]
+        member_labels = jnp.take_along_axis(labels, member_rows, axis=1)
+        return None, for_each_member(
+            member_eval, vectorize, states, images[member_rows], member_labels, hparams
+        )
 
     _, outs = jax.lax.scan(one_batch, None, jnp.arange(num_batches))
     # [nb, M, b, ...] -> [nb, M, B, ...]
     outs = jax.lax.all_gather(outs, axis_name, axis=2, tiled=True)
 
-    def canonical(x):
+    def in_order(x):
         x = jnp.swapaxes(x, 0, 1)
-        return x.reshape(x.shape[0], -1, *x.shape[3:])[:, :num_rows]
+        return x.reshape(x.shape[0], -1, *x.shape[3:])[:, :num_positions]
 
-    outs = {k: canonical(v) for k, v in outs.items()}
+    outs = {k: in_order(v) for k, v in outs.items()}
     outs["probs"] = jax.nn.softmax(outs["logits"], axis=-1)
     return outs
 
 
-def select_members(outputs: Mapping[str, Array], member_of_row: Array) -> dict[str, Array]:
-    """Row ``i`` of member ``member_of_row[i]`` for every output: ``[M, N, ...] -> [N, ...]``.
+def evaluate_held_out(
+    states: Any,
+    images: Array,
+    labels: Array,
+    hparams: Mapping[str, Array],
+    rows: Array,
+    **kwargs: Any,
+) -> dict[str, Array]:
+    """K-fold's out-of-sample outputs ``[N, ...]`` in canonical order, assembled on the devices.
 
-    For K-fold cross-validation: each example's outputs from the model that did not train on it.
+    ``rows`` ``[M, R]``: member ``m``'s held-out rows (padded by repeating one of them); each
+    row of ``images`` is computed once, by the member whose rows hold it (rows no member
+    holds come out zero). ``kwargs``: :func:`evaluate`'s.
     """
+    outs = evaluate(states, images, labels, hparams, rows, **kwargs)
+    flat_rows = rows.reshape(-1)
 
-    def pick(x):
-        index = member_of_row.reshape(1, -1, *([1] * (x.ndim - 2)))
-        return jnp.take_along_axis(x, index.astype(jnp.int32), axis=0)[0]
+    def scatter(x):  # Repeated (padding) rows write the same values twice.
+        x = x.reshape(-1, *x.shape[2:])
+        return jnp.zeros((images.shape[0], *x.shape[1:]), x.dtype).at[flat_rows].set(x)
 
-    return {k: pick(v) for k, v in outputs.items()}
+    return {k: scatter(v) for k, v in outs.items()}
+
+
+def held_out_rows(member_of_row: np.ndarray, num_members: int) -> np.ndarray:
+    """int32 ``[M, R]``: each member's rows (``member_of_row == m``), padded with its first.
+
+    Raises ValueError when a member holds no row.
+    """
+    member_of_row = np.asarray(member_of_row)
+    per_member = [np.flatnonzero(member_of_row == m) for m in range(num_members)]
+    empty = [m for m, r in enumerate(per_member) if len(r) == 0]
+    if empty:
+        raise ValueError(f"members {empty} hold no rows to evaluate.")
+    width = max(len(r) for r in per_member)
+    return np.stack(
+        [np.concatenate([r, np.full(width - len(r), r[0])]) for r in per_member]
+    ).astype(np.int32)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -353,11 +394,20 @@ def train_epoch_program(
 
 
 def evaluate_program(
-    eval_fn: Callable, mesh: Mesh, mode: str, *, batch_size: int, vectorize: bool | None = None
+    eval_fn: Callable,
+    mesh: Mesh,
+    mode: str,
+    *,
+    batch_size: int,
+    vectorize: bool | None = None,
+    held_out: bool = False,
 ) -> Callable:
-    """``(states, images, labels, hparams) -> outputs [M, N, ...]``."""
+    """``(states, images, labels, hparams) -> outputs [M, N, ...]`` (:func:`evaluate`), or with
+    ``held_out`` ``(states, images, labels, hparams, rows) -> outputs [N, ...]``
+    (:func:`evaluate_held_out`)."""
     fn = functools.partial(
-        evaluate, eval_fn=eval_fn, batch_size=batch_size, num_devices=mesh.devices.size,
+        evaluate_held_out if held_out else evaluate, eval_fn=eval_fn, batch_size=batch_size,
+        num_devices=mesh.devices.size,
         vectorize=default_vectorize() if vectorize is None else vectorize,
     )  # fmt: skip
-    return replicated_program(fn, mesh, mode, num_args=4)
+    return replicated_program(fn, mesh, mode, num_args=5 if held_out else 4)

@@ -320,9 +320,9 @@ class Fitted:
       states: the final train states, stacked (leading axis: the members), on the devices.
       outputs: ``outputs(images, labels, member_of_row=None)`` -> host arrays ``[M, N, ...]``
         (every member on every row; ``labels`` ``[M, N]``), or ``[N, ...]`` with
-        ``member_of_row`` ``[N]``: row ``i`` from member ``member_of_row[i]``, picked on the
-        devices. Keys: ``logits``, ``probs``, ``p_t``, ``margin``, ``pred``, ``weight``,
-        ``loss``.
+        ``member_of_row`` ``[N]``: row ``i`` from member ``member_of_row[i]``, which alone
+        evaluates it (assembled on the devices). Keys: ``logits``, ``probs``, ``p_t``,
+        ``margin``, ``pred``, ``weight``, ``loss``.
       aum_sum, aum_count: per member, ``[n_m]`` sums and counts of the training margins of its
         rows (every step, from the train step's own logits), for AUM.
       test_accuracy: per member, the clean test accuracy of its final model.
@@ -593,14 +593,16 @@ def _device_engine(cfg, images, members, mesh, step_config, eval_step, hparams, 
         step_fn, mesh, cfg.parallel, sizes=tuple(len(m.rows) for m in members),
         batch_size=cfg.batch_size, steps_per_epoch=steps_per_epoch,
     )  # fmt: skip
-    eval_fn = device_loop.evaluate_program(
-        eval_step, mesh, cfg.parallel, batch_size=cfg.eval_batch_size
+    eval_fn, held_out_fn = (
+        device_loop.evaluate_program(
+            eval_step, mesh, cfg.parallel, batch_size=cfg.eval_batch_size, held_out=held_out
+        )
+        for held_out in (False, True)
     )
     data = train.replicate(device_loop.stack_data(images, members), mesh)
     step_keys = jnp.stack([m.keys[1] for m in members])
     order_keys = jnp.stack([m.keys[2] for m in members])
     placed: dict[int, Any] = {}  # Image arrays already on the devices, by identity.
-    select = jax.jit(device_loop.select_members)
 
     def run_epoch(states, epoch):  # The epoch program returns host metrics.
         return epoch_fn(states, data, hparams, step_keys, order_keys, jnp.int32(epoch))
@@ -615,10 +617,14 @@ def _device_engine(cfg, images, members, mesh, step_config, eval_step, hparams, 
                     train.replicate(np.asarray(eval_images), mesh),
                 )
             on_devices = placed[id(eval_images)][1]
-        out = eval_fn(states, on_devices, jnp.asarray(labels, jnp.int32), hparams)
-        if member_of_row is not None:
-            out = select(out, jnp.asarray(member_of_row, jnp.int32))
-        return jax.device_get(out)
+        labels = jnp.asarray(labels, jnp.int32)
+        if member_of_row is None:
+            return jax.device_get(eval_fn(states, on_devices, labels, hparams))
+        # Each member evaluates only its own rows (K-fold: its held-out fold), not all of them.
+        rows = device_loop.held_out_rows(member_of_row, len(members))
+        return jax.device_get(
+            held_out_fn(states, on_devices, labels, hparams, train.replicate(rows, mesh))
+        )
 
     return run_epoch, outputs
 

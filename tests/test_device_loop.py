@@ -211,11 +211,27 @@ def test_stacked_evaluation_is_every_member_on_every_row_in_canonical_order(digi
         for name in ("logits", "p_t", "probs", "margin"):
             np.testing.assert_allclose(out[name][m], expected[name], atol=1e-5, err_msg=name)
         np.testing.assert_array_equal(out["pred"][m], expected["pred"])
-    # Picking each row from one member (K-fold's out-of-sample rows), on the devices.
-    member_of_row = np.arange(num_rows) % 2
-    picked = jax.device_get(device_loop.select_members(out, jnp.asarray(member_of_row)))
-    np.testing.assert_array_equal(picked["logits"][0::2], out["logits"][0, 0::2])
-    np.testing.assert_array_equal(picked["p_t"][1::2], out["p_t"][1, 1::2])
+    # Each row from one member only (K-fold's out-of-sample rows), assembled on the devices:
+    # member 0 holds 167 rows, member 1 333 (padded by repeating its first row).
+    member_of_row = (np.arange(num_rows) % 3 != 0).astype(np.int32)
+    rows = device_loop.held_out_rows(member_of_row, 2)
+    chex.assert_shape(rows, (2, 333))
+    assert set(rows[0]) == set(np.flatnonzero(member_of_row == 0))
+    held_out = device_loop.evaluate_program(
+        eval_step, mesh, "pmap", batch_size=96, held_out=True
+    )
+    picked = jax.device_get(
+        held_out(states, jnp.asarray(images), jnp.asarray(labels), hparams, jnp.asarray(rows))
+    )
+    chex.assert_shape(picked["logits"], (num_rows, 10))
+    for name in ("logits", "probs", "p_t", "margin", "pred", "weight", "loss"):
+        expected = np.where(
+            (member_of_row == 0).reshape(-1, *[1] * (out[name].ndim - 2)),
+            out[name][0], out[name][1],
+        )  # fmt: skip
+        np.testing.assert_allclose(picked[name], expected, atol=1e-6, err_msg=name)
+    with pytest.raises(ValueError, match=r"members \[1\] hold no rows"):
+        device_loop.held_out_rows(np.zeros(4, np.int32), 2)
 
 
 def test_members_must_name_the_same_hyperparameters(digits):
