@@ -201,22 +201,32 @@ def train_steps(
     device = jax.lax.axis_index(axis_name)
     local = jax.lax.dynamic_slice_in_dim(positions, device * per_device, per_device, axis=2)
 
-    def step(states, member_positions):  # [M, b]: this device's rows of each global batch.
-        rows = jnp.take_along_axis(data.rows, member_positions, axis=1)
-        batch = {
-            "image": data.images[rows],
-            "label": jnp.take_along_axis(data.labels, rows, axis=1),
-            "index": member_positions,
-        }
-        return for_each_member(step_fn, vectorize, states, batch, hparams, step_keys)
+    def member_steps(state, rows, labels, member_hparams, key, member_positions):
+        """One member's ``S`` steps; ``member_positions`` ``[S, b]``, this device's rows."""
 
-    states, metrics = jax.lax.scan(step, states, jnp.swapaxes(local, 0, 1))
+        def step(state, batch_positions):
+            batch_rows = rows[batch_positions]
+            batch = {
+                "image": data.images[batch_rows],
+                "label": labels[batch_rows],
+                "index": batch_positions,
+            }
+            return step_fn(state, batch, member_hparams, key)
+
+        return jax.lax.scan(step, state, member_positions)
+
+    # Members outside the loop over steps: vmapped, the same program as a vmapped step in a
+    # scan; on CPU (lax.map) each member's state is sliced out of the stack once per call
+    # rather than once per step.
+    states, metrics = for_each_member(
+        member_steps, vectorize, states, data.rows, data.labels, hparams, step_keys, local
+    )
     num_members, n_max = data.rows.shape
-    member = jnp.arange(num_members)[None, :, None]
-    # metrics['index'] / ['margin']: [S, M, B], the whole global batch (all-gathered in the step).
+    member = jnp.arange(num_members)[:, None, None]
+    # metrics['index'] / ['margin']: [M, S, B], the whole global batch (all-gathered in the step).
     zeros = jnp.zeros((num_members, n_max), jnp.float32)
-    out = {k: jnp.sum(metrics[k], axis=0) for k in SUMMED}
-    out["finite"] = jnp.swapaxes(metrics["finite"], 0, 1)
+    out = {k: jnp.sum(metrics[k], axis=1) for k in SUMMED}
+    out["finite"] = metrics["finite"]
     out["margin_sum"] = zeros.at[member, metrics["index"]].add(metrics["margin"])
     out["margin_count"] = zeros.at[member, metrics["index"]].add(1.0).astype(jnp.int32)
     return states, out

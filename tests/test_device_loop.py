@@ -217,9 +217,7 @@ def test_stacked_evaluation_is_every_member_on_every_row_in_canonical_order(digi
     rows = device_loop.held_out_rows(member_of_row, 2)
     chex.assert_shape(rows, (2, 333))
     assert set(rows[0]) == set(np.flatnonzero(member_of_row == 0))
-    held_out = device_loop.evaluate_program(
-        eval_step, mesh, "pmap", batch_size=96, held_out=True
-    )
+    held_out = device_loop.evaluate_program(eval_step, mesh, "pmap", batch_size=96, held_out=True)
     picked = jax.device_get(
         held_out(states, jnp.asarray(images), jnp.asarray(labels), hparams, jnp.asarray(rows))
     )

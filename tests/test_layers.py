@@ -258,3 +258,49 @@ def test_hash_bits_are_uniform():
     expected = len(bits) / 256
     chi2 = ((counts - expected) ** 2 / expected).sum()
     assert chi2 < 360  # p ~ 1e-4 for 255 degrees of freedom.
+
+
+@pytest.mark.parametrize(
+    "shape", [(128, 24, 24, 64), (3, 5, 7, 2), (7, 11, 13), (4, 1000), (1, 1, 1, 3)]
+)
+def test_sum_over_rows_is_the_sum_over_leading_axes(shape):
+    x = jax.random.normal(jax.random.key(0), shape)
+    expected = np.asarray(x, np.float64).reshape(-1, shape[-1]).sum(axis=0)
+    got = jax.jit(layers.sum_over_rows)(x)
+    chex.assert_shape(got, (shape[-1],))
+    chex.assert_type(got, jnp.float32)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
+    # bfloat16 inputs are summed in float32.
+    chex.assert_type(layers.sum_over_rows(x.astype(jnp.bfloat16)), jnp.float32)
+
+
+def test_add_bias_gradients_are_those_of_a_plain_add():
+    x = jax.random.normal(jax.random.key(0), (6, 9, 9, 16))
+    bias = jax.random.normal(jax.random.key(1), (16,))
+    weights = jax.random.normal(jax.random.key(2), x.shape)
+
+    def objective(add):
+        return lambda x, b: jnp.sum(jnp.sin(add(x, b)) * weights)
+
+    ours = jax.jit(jax.grad(objective(layers.add_bias), (0, 1)))(x, bias)
+    plain = jax.grad(objective(lambda x, b: x + b), (0, 1))(x, bias)
+    np.testing.assert_array_equal(layers.add_bias(x, bias), x + bias)
+    np.testing.assert_array_equal(ours[0], plain[0])
+    np.testing.assert_allclose(ours[1], plain[1], rtol=1e-5, atol=1e-5)
+
+
+def test_conv_module_gradients_match_nn_conv():
+    x = jax.random.normal(jax.random.key(0), (4, 9, 9, 3))
+    ours = layers.Conv(8, (3, 3), matmul_grad="always")
+    theirs = nn.Conv(8, (3, 3), padding="VALID")
+    variables = theirs.init(jax.random.key(1), x)
+    target = jax.random.normal(jax.random.key(2), (4, 7, 7, 8))
+
+    def grads(module):
+        return jax.grad(lambda v: jnp.sum(jnp.tanh(module.apply(v, x)) * target))(variables)
+
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+        grads(ours),
+        grads(theirs),
+    )

@@ -197,7 +197,7 @@ def test_create_train_state_is_one_program_with_eager_values(model_name):
 
 
 def test_create_train_state_takes_unhashable_models():
-    """A list-valued field cannot be a static argument: initialised op by op instead, same values."""
+    """A list-valued field cannot be a static argument: initialised op by op, same values."""
     tx = train.make_optimizer("sgd", 0.1, total_steps=10)
     listed = models.get_model("mlp", 10, hidden_sizes=[16, 8])
     tupled = models.get_model("mlp", 10, hidden_sizes=(16, 8))

@@ -247,6 +247,38 @@ def conv2d(x: Array, kernel: Array, *, padding: str = "VALID", matmul_grad: str 
     return out.astype(x.dtype)
 
 
+def sum_over_rows(x: Array, row_width: int = 512) -> Array:
+    """``x.sum(axis=all but the last)``, ``[..., C] -> [C]``, in float32.
+
+    XLA:CPU turns a long reduction into a ``reduce-window`` tree on a slow generic path (8.5 ms
+    for the small CNN's ``[128, 24, 24, 64]`` bias gradient); summing rows of ``k * C``
+    contiguous values (``k * C`` near ``row_width``), then the ``k`` partial sums, runs as a
+    vectorised loop (2.9 ms) and is more accurate (shorter running sums).
+    """
+    channels = x.shape[-1]
+    rows = x.size // channels
+    per_row = max(d for d in range(1, max(1, row_width // channels) + 1) if rows % d == 0)
+    partial = jnp.sum(x.reshape(rows // per_row, per_row * channels), axis=0, dtype=jnp.float32)
+    return partial.reshape(per_row, channels).sum(axis=0)
+
+
+@jax.custom_vjp
+def add_bias(x: Array, bias: Array) -> Array:
+    """``x + bias`` (``[..., C] + [C]``), whose bias gradient is :func:`sum_over_rows`."""
+    return x + bias.astype(x.dtype)
+
+
+def _add_bias_fwd(x, bias):
+    return add_bias(x, bias), bias
+
+
+def _add_bias_bwd(bias, out_grad):
+    return out_grad, sum_over_rows(out_grad).astype(bias.dtype)
+
+
+add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
+
+
 class Conv(nn.Module):
     """A stride-1 convolution with bias, parameterised like ``nn.Conv`` (``kernel``, ``bias``).
 
@@ -270,7 +302,7 @@ class Conv(nn.Module):
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
         x = jnp.asarray(x, self.dtype)
         y = conv2d(x, kernel.astype(self.dtype), padding=self.padding, matmul_grad=self.matmul_grad)
-        return y + bias.astype(self.dtype)
+        return add_bias(y, bias)
 
 
 def max_pool_2x2(x: Array) -> Array:
@@ -333,8 +365,10 @@ class Dropout(nn.Module):
 __all__ = [
     "Conv",
     "Dropout",
+    "add_bias",
     "conv2d",
     "conv_kernel_grad",
     "hash_uniform_bits",
     "max_pool_2x2",
+    "sum_over_rows",
 ]
