@@ -130,7 +130,9 @@ def detection_per_epoch(runs: list[Path], out: Path) -> Path | None:
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4))
     for ax, (key, title) in zip(axes, keys, strict=True):
         for name, lines in curves.items():
-            ax.plot([x["epoch"] for x in lines], [x[key] for x in lines], marker=".", label=name)
+            points = [(x["epoch"], x[key]) for x in lines if key in x]  # --eval-every skips some.
+            if points:
+                ax.plot(*zip(*points, strict=True), marker=".", label=name)
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)

@@ -53,6 +53,18 @@ def build_parser() -> argparse.ArgumentParser:
     add("--noise-kind", default=d.noise_kind, help="symmetric, asymmetric, transition")
     add("--transition", default=None, help="JSON file with a row-stochastic [C, C] matrix")
     add("--epochs", type=int, default=d.epochs)
+    add(
+        "--eval-every",
+        type=int,
+        default=d.eval_every,
+        help="test accuracy every N epochs (and after the last)",
+    )
+    add(
+        "--checkpoint-every",
+        type=int,
+        default=d.checkpoint_every,
+        help="checkpoint every N epochs (and after the last); --resume restarts from the last",
+    )
     add("--batch-size", type=int, default=d.batch_size)
     add("--eval-batch-size", type=int, default=d.eval_batch_size)
     add("--optimizer", default=d.optimizer, help="sgd, adam, adamw")
@@ -146,6 +158,7 @@ def build_config(args: argparse.Namespace) -> Config:
         pt_threshold=args.pt_threshold, detector=args.detector, folds=args.folds,
         cl_filter_by=args.cl_filter_by, aum_percentile=args.aum_percentile,
         data_placement=args.data_placement, sequential=args.sequential,
+        eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
     )  # fmt: skip
 
 

@@ -66,6 +66,11 @@ class Config:
     data_placement: str = "auto"
     # Train the models of a protocol (CL folds, AUM runs) one after another instead of vmapped.
     sequential: bool = False
+    # Test accuracy every N epochs and checkpoints every N epochs (both after the last epoch
+    # too). Neither changes what is trained; fewer of them cut per-epoch costs that a stack of
+    # models pays once but sequential runs pay per model. A run resumes from its last checkpoint.
+    eval_every: int = 1
+    checkpoint_every: int = 1
 
     @property
     def resolved_delay_epochs(self) -> int:
@@ -146,6 +151,9 @@ def validate(config: Config, *, num_devices: int) -> None:
     checks = [
         (0.0 <= config.noise_rate < 1.0, f"noise rate {config.noise_rate} must be in [0, 1)"),
         (config.epochs >= 1, f"epochs {config.epochs} must be >= 1"),
+        (config.eval_every >= 1, f"eval every {config.eval_every} epochs: must be >= 1"),
+        (config.checkpoint_every >= 1,
+         f"checkpoint every {config.checkpoint_every} epochs: must be >= 1"),
         (config.folds >= 2, f"folds {config.folds} must be >= 2"),
         (0.0 < config.aum_percentile <= 100.0,
          f"aum percentile {config.aum_percentile} must be in (0, 100]"),

@@ -247,7 +247,9 @@ def _tqdm(iterable: Iterable, enabled: bool, **kwargs) -> Iterable:
 OUTPUT_PATTERNS = ("config.json", "metrics.jsonl", "predictions.npz", "summary.json",
                    "fold*.npz", "train_record*.npz", "checkpoints", "checkpoints_*")  # fmt: skip
 # Config fields a resumed run may change: training can be extended.
-RESUMABLE_CHANGES = ("epochs",)
+# Settings a resumed run may change: they decide how long it trains, or what it logs and how
+# often it checkpoints, not what it trains.
+RESUMABLE_CHANGES = ("epochs", "eval_every", "checkpoint_every")
 
 
 def check_workdir(
@@ -481,6 +483,11 @@ def fit(
     names = ("margin_sum", "margin_count", "p_t")
     history: list[dict[str, list[np.ndarray]]] = [{k: [] for k in names} for _ in members]
     start_epoch = 0
+    if resume and manager.latest_step() is None:
+        # Killed before its first checkpoint (with --checkpoint-every > 1, after logging some
+        # epochs): it starts again, without the epochs it logged.
+        for member, record_dir in zip(members, record_dirs, strict=True):
+            _drop_epochs_after(record_dir / "metrics.jsonl", member.tag, 0)
     if resume and manager.latest_step() is not None:
         states = restore_latest(manager, states)
         start_epoch = int(np.ravel(states.step)[0]) // steps_per_epoch
@@ -515,7 +522,10 @@ def fit(
                     f"{cfg.lr:g} too high for {cfg.optimizer}. The last good checkpoint is kept "
                     f"in {workdir / f'checkpoints{suffix}'}; no summary was written."
                 )
-        accuracies = test_accuracy(states)
+        last = epoch + 1 == cfg.epochs
+        evaluated = last or (epoch + 1) % cfg.eval_every == 0
+        if evaluated:
+            accuracies = test_accuracy(states)
         if is_corrupted is not None:
             tracked = outputs(states, images, member_labels)
         step_now = (epoch + 1) * steps_per_epoch
@@ -537,8 +547,9 @@ def fit(
                 "train_loss": float(epoch_metrics["loss_sum"][m]) / count,
                 "train_accuracy_noisy": float(epoch_metrics["correct"][m]) / count,
                 "frac_low_weight": float(epoch_metrics["low_weight"][m]) / count,
-                "test_accuracy": float(accuracies[m]),
             }
+            if evaluated:
+                record["test_accuracy"] = float(accuracies[m])
             if tracked is not None:
                 out = {k: v[m] for k, v in tracked.items()}
                 member_history["p_t"].append(out["p_t"].astype(np.float16))
@@ -550,15 +561,16 @@ def fit(
             }
             atomic_write(record_paths[m], lambda f, saved=saved: np.savez(f, **saved), mode="wb")
             records.append(record)
-        manager.save(step_now, args=ocp.args.StandardSave(train.to_global(states)))
+        if last or (epoch + 1) % cfg.checkpoint_every == 0:
+            manager.save(step_now, args=ocp.args.StandardSave(train.to_global(states)))
         for member, record, record_dir in zip(members, records, record_dirs, strict=True):
             append_jsonl(record_dir / "metrics.jsonl", record)
+            test = f", test acc {record['test_accuracy']:.4f}" if evaluated else ""
             log(
                 f"{member.tag + ' ' if member.tag else ''}epoch {epoch + 1}/{cfg.epochs}: loss "
                 f"{record['train_loss']:.4f}, noisy-label acc "
                 f"{record['train_accuracy_noisy']:.4f}, low-weight "
-                f"{record['frac_low_weight']:.3f}, test acc {record['test_accuracy']:.4f}"
-                f" ({record['seconds']:.1f}s)"
+                f"{record['frac_low_weight']:.3f}{test} ({record['seconds']:.1f}s)"
             )
     manager.wait_until_finished()
     aum_sum = [np.sum(h["margin_sum"], axis=0, dtype=np.float64).reshape(n)

@@ -65,6 +65,51 @@ def test_same_seed_same_result_and_resume_matches(tmp_path):
     assert [json.loads(x)["epoch"] for x in lines] == [1, 2, 3]
 
 
+def test_eval_and_checkpoint_every_n_epochs_train_the_same(tmp_path):
+    """--eval-every / --checkpoint-every thin out test evaluations and checkpoints (the last
+    epoch always has both); the model is the same, and a resume may change them."""
+    every, sparse = tmp_path / "every", tmp_path / "sparse"
+    args = [*BASE, "--loss=power", "--gamma=1", "--delay=1"]
+    assert run.main([*args, "--epochs=5", f"--workdir={every}"]) == 0
+    sparse_args = [*args, f"--workdir={sparse}", "--eval-every=2", "--checkpoint-every=3"]
+    assert run.main([*sparse_args, "--epochs=4"]) == 0
+    lines = [json.loads(x) for x in (sparse / "metrics.jsonl").read_text().splitlines()]
+    assert [("test_accuracy" in x) for x in lines] == [False, True, False, True]
+    steps = sorted(int(p.name) for p in (sparse / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps == [lines[2]["step"], lines[3]["step"]]  # Epochs 3 and 4 (the last).
+    # Extended with other settings: resumes from epoch 4 and ends like the dense run.
+    assert run.main([*args, f"--workdir={sparse}", "--epochs=5", "--resume"]) == 0
+    lines = [json.loads(x) for x in (sparse / "metrics.jsonl").read_text().splitlines()]
+    dense = [json.loads(x) for x in (every / "metrics.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines] == [1, 2, 3, 4, 5]
+    for a, b in zip(lines, dense, strict=True):
+        assert a["train_loss"] == b["train_loss"]
+        assert a.get("test_accuracy", b["test_accuracy"]) == b["test_accuracy"]
+    reference = np.load(every / "predictions.npz")
+    with np.load(sparse / "predictions.npz") as data:
+        for name in reference.files:
+            np.testing.assert_array_equal(data[name], reference[name], err_msg=name)
+
+
+def test_resume_before_the_first_checkpoint_starts_again_without_duplicate_epochs(tmp_path):
+    """Killed after logging epochs but before any checkpoint (--checkpoint-every > 1): resumed,
+    it trains from the start and logs each epoch once."""
+    import shutil
+
+    fresh, killed = tmp_path / "fresh", tmp_path / "killed"
+    args = [*BASE, "--loss=ce", "--checkpoint-every=5"]
+    assert run.main([*args, "--epochs=3", f"--workdir={fresh}"]) == 0
+    assert run.main([*args, "--epochs=2", f"--workdir={killed}"]) == 0
+    shutil.rmtree(killed / "checkpoints")  # As if killed in epoch 3, before its checkpoint.
+    assert run.main([*args, "--epochs=3", f"--workdir={killed}", "--resume"]) == 0
+    lines = [json.loads(x) for x in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines] == [1, 2, 3]
+    reference = np.load(fresh / "predictions.npz")
+    with np.load(killed / "predictions.npz") as data:
+        for name in reference.files:
+            np.testing.assert_array_equal(data[name], reference[name], err_msg=name)
+
+
 def test_runs_stacked_together_resume_from_the_stack_checkpoint(tmp_path):
     """Two runs (seeds x gamma) in one stack: 2 epochs, then extended to 3 from the stack's
     checkpoint, equal each run trained alone for 3 epochs."""
@@ -133,6 +178,8 @@ def test_data_on_device_trains_like_streaming(tmp_path):
      (["--noise-rate=1.0"], "noise rate 1.0 must be in [0, 1)"),
      (["--noise-kind=pairflip"], "Unknown noise kind 'pairflip'"),
      (["--epochs=0"], "epochs 0 must be >= 1"),
+     (["--eval-every=0"], "eval every 0 epochs: must be >= 1"),
+     (["--checkpoint-every=-1"], "checkpoint every -1 epochs: must be >= 1"),
      (["--parallel=xmap"], "Unknown parallel mode 'xmap'"),
      (["--noise-kind=transition"], "needs a transition matrix"),
      (["--noise-kind=transition", "--transition={T_NOT_STOCHASTIC}"],

@@ -65,6 +65,19 @@ def test_report_writes_every_plot(swept):
         assert (plots / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_report_plots_runs_that_test_every_few_epochs(tmp_path):
+    """With --eval-every some epochs have no test accuracy: the curves skip them."""
+    grid = ["--losses=ce", "--delays=0", "--noise=symmetric:0.2", "--detectors=pt", "--seeds=0",
+            "--no-progress"]  # fmt: skip
+    flags = [*RUN_FLAGS[:-1], "--epochs=3", "--eval-every=2"]
+    assert sweep.main([*grid, f"--workdir={tmp_path}", "--", *flags]) == 0
+    (cell,) = [p.parent for p in tmp_path.glob("*/summary.json")]
+    lines = [json.loads(x) for x in (cell / "metrics.jsonl").read_text().splitlines()]
+    assert ["test_accuracy" in x for x in lines] == [False, True, True]
+    assert report.main([str(tmp_path)]) == 0
+    assert (tmp_path / "plots" / "detection_per_epoch.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_report_on_a_folder_without_runs_exits_2(tmp_path, capsys):
     assert report.main([str(tmp_path)]) == 2
     assert "holds no finished run" in capsys.readouterr().err
