@@ -22,6 +22,11 @@ without tfds.
 
     python -m benchmarks.bench_kfold --quick          # 1,500 examples, 1 epoch: < 2 min (CPU)
     .venv-bench/bin/python -m benchmarks.bench_kfold  # 10,000 examples, 3 epochs, with torch
+    .venv-bench/bin/python -m benchmarks.bench_kfold --train-size=5000 --epochs=2 --repeats=3
+
+Every JAX row starts cold (an empty compilation cache of its own, no program compiled in this
+process); ``--warm`` adds each row again on its filled cache. With ``--repeats`` the rows run in
+interleaved rounds and the ratios are of the medians (the machine is shared and noisy).
 
 Ends with ``ratio <name>: <x.xx>`` (greater than 1: the first-named is faster).
 """
@@ -29,6 +34,7 @@ Ends with ``ratio <name>: <x.xx>`` (greater than 1: the first-named is faster).
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -107,10 +113,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--warm", action="store_true", help="also rerun the JAX rows with a warm compile cache"
     )
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="rounds of every row, interleaved; medians reported"
+    )
     args = parser.parse_args(argv)
-    # As the runner does by default, but cold: an empty cache, so each distinct program is
-    # compiled once (the sequential folds share theirs, as they do in a real run).
-    xla_setup.enable_compilation_cache(tempfile.mkdtemp(prefix="bench_kfold_jax_cache_"))
+    if args.repeats < 1:
+        parser.error(f"--repeats {args.repeats} must be >= 1")
     num_train = args.train_size or (1500 if args.quick else 10_000)
     epochs = args.epochs or (1 if args.quick else 3)
     images, true_labels, test_images, test_labels = load_data(num_train, 1000, args.npz)
@@ -132,30 +140,60 @@ def main(argv: list[str] | None = None) -> None:
         f"5-fold CL protocol: {num_train} Fashion-MNIST examples, {epochs} epoch(s), small CNN, "
         f"batch {cfg.batch_size}; backend {jax.default_backend()} "
         f"({jax.devices()[0].device_kind}), {len(jax.local_devices())} device(s); JAX rows test "
-        f"every {cfg.eval_every} epoch(s), checkpoint every epoch"
+        f"every {cfg.eval_every} epoch(s), checkpoint every epoch; {args.repeats} round(s)"
     )
     print(f"{'row':<22} {'seconds':>9} {'CL F1':>7}")
-    rows = {}
-    if not args.no_torch:
-        result = torch_protocol(cfg, data)
-        if result is not None:
-            rows["torch eager"] = result
-            print(f"{'torch eager':<22} {result[0]:>9.1f} {result[1]['f1']:>7.3f}", flush=True)
+    times: dict[str, list[float]] = {}
+
+    def record(name: str, result: tuple[float, dict]) -> None:
+        times.setdefault(name, []).append(result[0])
+        print(f"{name:<22} {result[0]:>9.1f} {result[1]['f1']:>7.3f}", flush=True)
+
     runs = [("jax sequential", True), ("jax stacked", False)]
-    if args.warm:  # Again, every program now in the compilation cache: the run time alone.
-        runs += [("jax sequential, warm", True), ("jax stacked, warm", False)]
-    for name, sequential in runs:
-        run_cfg = config_lib.Config(**{**cfg.__dict__, "sequential": sequential})
-        with tempfile.TemporaryDirectory() as workdir:
-            rows[name] = jax_protocol(run_cfg, data, Path(workdir))
-        print(f"{name:<22} {rows[name][0]:>9.1f} {rows[name][1]['f1']:>7.3f}", flush=True)
-    if "torch eager" in rows:
+    for _ in range(args.repeats):  # Interleaved, so a slow spell of the machine hits every row.
+        if not args.no_torch:
+            result = torch_protocol(cfg, data)
+            if result is not None:
+                record("torch eager", result)
+        caches = {}
+        for name, sequential in runs:
+            # As the runner does by default, but cold: an empty cache of its own, so each
+            # distinct program is compiled once (the sequential folds share theirs, as they do
+            # in a real run), and nothing compiled by an earlier row is reused.
+            caches[name] = tempfile.mkdtemp(prefix="bench_kfold_jax_cache_")
+            use_compilation_cache(caches[name])
+            record(name, run_jax(cfg, data, sequential))
+        if args.warm:  # Again, every program now in the compilation cache: the run time alone.
+            for name, sequential in runs:
+                use_compilation_cache(caches[name])
+                record(f"{name}, warm", run_jax(cfg, data, sequential))
+    median = {name: statistics.median(values) for name, values in times.items()}
+    if args.repeats > 1:
+        print(f"medians of {args.repeats} rounds:")
+        for name, value in median.items():
+            print(f"{name:<22} {value:>9.1f}")
+    if "torch eager" in median:
         for name in ("jax sequential", "jax stacked"):
-            print(f"ratio {name} vs torch: {rows['torch eager'][0] / rows[name][0]:.2f}")
-    print(f"ratio stacked vs sequential: {rows['jax sequential'][0] / rows['jax stacked'][0]:.2f}")
+            print(f"ratio {name} vs torch: {median['torch eager'] / median[name]:.2f}")
+    print(f"ratio stacked vs sequential: {median['jax sequential'] / median['jax stacked']:.2f}")
     if args.warm:
-        warm = rows["jax sequential, warm"][0] / rows["jax stacked, warm"][0]
+        warm = median["jax sequential, warm"] / median["jax stacked, warm"]
         print(f"ratio stacked vs sequential, warm cache: {warm:.2f}")
+
+
+def use_compilation_cache(path: str) -> None:
+    """JAX's persistent cache in ``path``, and no program compiled earlier in this process."""
+    from jax.experimental.compilation_cache import compilation_cache
+
+    jax.clear_caches()
+    compilation_cache.reset_cache()
+    xla_setup.enable_compilation_cache(path)
+
+
+def run_jax(cfg, data, sequential: bool) -> tuple[float, dict]:
+    run_cfg = config_lib.Config(**{**cfg.__dict__, "sequential": sequential})
+    with tempfile.TemporaryDirectory() as workdir:
+        return jax_protocol(run_cfg, data, Path(workdir))
 
 
 if __name__ == "__main__":

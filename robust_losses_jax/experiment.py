@@ -246,8 +246,7 @@ def _tqdm(iterable: Iterable, enabled: bool, **kwargs) -> Iterable:
 # What a run writes into its workdir (``clear_outputs`` removes exactly these).
 OUTPUT_PATTERNS = ("config.json", "metrics.jsonl", "predictions.npz", "summary.json",
                    "fold*.npz", "train_record*.npz", "checkpoints", "checkpoints_*")  # fmt: skip
-# Config fields a resumed run may change: training can be extended.
-# Settings a resumed run may change: they decide how long it trains, or what it logs and how
+# Config fields a resumed run may change: they decide how long it trains, or what it logs and how
 # often it checkpoints, not what it trains.
 RESUMABLE_CHANGES = ("epochs", "eval_every", "checkpoint_every")
 
@@ -488,7 +487,7 @@ def fit(
         # epochs): it starts again, without the epochs it logged.
         for member, record_dir in zip(members, record_dirs, strict=True):
             _drop_epochs_after(record_dir / "metrics.jsonl", member.tag, 0)
-    if resume and manager.latest_step() is not None:
+    elif resume:
         states = restore_latest(manager, states)
         start_epoch = int(np.ravel(states.step)[0]) // steps_per_epoch
         for path, member_history in zip(record_paths, history, strict=True):
