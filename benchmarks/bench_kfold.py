@@ -15,10 +15,10 @@ fold, then run Confident Learning on the out-of-sample probabilities. Rows:
 Each JAX row includes what the runner does besides training (compilation, a checkpoint per epoch
 and fold, and a 1,000-example test evaluation per fold after its last epoch: the runner's
 ``--eval-every`` is set to the epochs, since the reference evaluates no test set; pass
-``--eval-every=1`` for the runner's default of one per epoch); the table reports the CL F1 of each
-row as a check that they did the same work. Fashion-MNIST comes from tfds (prepared offline from
-Debian's package) or ``--npz`` (``images`` uint8 ``[N, 28, 28, 1]``, ``labels``), for machines
-without tfds.
+``--eval-every=1`` for the runner's default of one per epoch; ``--checkpoint-every`` likewise,
+default 1 as in the runner); the table reports the CL F1 of each row as a check that they did
+the same work. Fashion-MNIST comes from tfds (prepared offline from Debian's package) or
+``--npz`` (``images`` uint8 ``[N, 28, 28, 1]``, ``labels``), for machines without tfds.
 
     python -m benchmarks.bench_kfold --quick          # 1,500 examples, 1 epoch: < 2 min (CPU)
     .venv-bench/bin/python -m benchmarks.bench_kfold  # 10,000 examples, 3 epochs, with torch
@@ -34,6 +34,7 @@ Ends with ``ratio <name>: <x.xx>`` (greater than 1: the first-named is faster).
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import tempfile
 import time
@@ -111,6 +112,9 @@ def main(argv: list[str] | None = None) -> None:
         "--eval-every", type=int, default=None, help="JAX rows: test every N epochs (default: last)"
     )
     parser.add_argument(
+        "--checkpoint-every", type=int, default=1, help="JAX rows: checkpoint every N epochs"
+    )
+    parser.add_argument(
         "--warm", action="store_true", help="also rerun the JAX rows with a warm compile cache"
     )
     parser.add_argument(
@@ -124,7 +128,8 @@ def main(argv: list[str] | None = None) -> None:
     images, true_labels, test_images, test_labels = load_data(num_train, 1000, args.npz)
     cfg = config_lib.Config(
         epochs=epochs, folds=args.folds, detector="cl", train_size=num_train, seed=0,
-        eval_every=args.eval_every or epochs,
+        eval_every=epochs if args.eval_every is None else args.eval_every,
+        checkpoint_every=args.checkpoint_every,
     )  # fmt: skip
     config_lib.validate(cfg, num_devices=len(jax.local_devices()))
     noisy, is_corrupted = corruption.corrupt_labels(
@@ -140,7 +145,8 @@ def main(argv: list[str] | None = None) -> None:
         f"5-fold CL protocol: {num_train} Fashion-MNIST examples, {epochs} epoch(s), small CNN, "
         f"batch {cfg.batch_size}; backend {jax.default_backend()} "
         f"({jax.devices()[0].device_kind}), {len(jax.local_devices())} device(s); JAX rows test "
-        f"every {cfg.eval_every} epoch(s), checkpoint every epoch; {args.repeats} round(s)"
+        f"every {cfg.eval_every} and checkpoint every {cfg.checkpoint_every} epoch(s); "
+        f"{args.repeats} round(s)"
     )
     print(f"{'row':<22} {'seconds':>9} {'CL F1':>7}")
     times: dict[str, list[float]] = {}
@@ -150,6 +156,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name:<22} {result[0]:>9.1f} {result[1]['f1']:>7.3f}", flush=True)
 
     runs = [("jax sequential", True), ("jax stacked", False)]
+    cache_root = tempfile.mkdtemp(prefix="bench_kfold_")  # Removed at the end.
     for _ in range(args.repeats):  # Interleaved, so a slow spell of the machine hits every row.
         if not args.no_torch:
             result = torch_protocol(cfg, data)
@@ -160,13 +167,14 @@ def main(argv: list[str] | None = None) -> None:
             # As the runner does by default, but cold: an empty cache of its own, so each
             # distinct program is compiled once (the sequential folds share theirs, as they do
             # in a real run), and nothing compiled by an earlier row is reused.
-            caches[name] = tempfile.mkdtemp(prefix="bench_kfold_jax_cache_")
+            caches[name] = tempfile.mkdtemp(prefix="bench_kfold_jax_cache_", dir=cache_root)
             use_compilation_cache(caches[name])
             record(name, run_jax(cfg, data, sequential))
         if args.warm:  # Again, every program now in the compilation cache: the run time alone.
             for name, sequential in runs:
                 use_compilation_cache(caches[name])
                 record(f"{name}, warm", run_jax(cfg, data, sequential))
+    shutil.rmtree(cache_root, ignore_errors=True)
     median = {name: statistics.median(values) for name, values in times.items()}
     if args.repeats > 1:
         print(f"medians of {args.repeats} rounds:")

@@ -22,7 +22,8 @@ DATA_PLACEMENTS = ("auto", "device", "stream")
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Everything that decides a run's result (so it is written to ``config.json``)."""
+    """Everything that decides a run's result, and how often it tests and checkpoints (so it is
+    written to ``config.json``)."""
 
     dataset: str = "fashion_mnist"
     model: str = "small_cnn"

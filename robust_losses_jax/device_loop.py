@@ -250,8 +250,8 @@ def evaluate(
     Args:
       images: uint8 ``[N, H, W, C]``, replicated; labels: int ``[M, N]`` (to score ``p_t``).
       rows: None (every member on every row), or int32 ``[M, R]``: member ``m`` evaluates only
-        ``images[rows[m]]`` (K-fold's held-out rows; pad a short member's rows by repeating one
-        of its own: the repeat is computed again and gives the same values).
+        ``images[rows[m]]`` (K-fold's held-out rows); padding past ``N`` evaluates the last
+        row, and :func:`evaluate_held_out` drops it.
       eval_fn: ``(state, batch, hparams) -> outputs``, :func:`train.eval_step` bound.
       batch_size: global eval batch; the last batch is padded (with position 0) and the padding
         cut.
@@ -277,7 +277,7 @@ def evaluate(
                 lambda state, labels_, hparams_: member_eval(state, image, labels_, hparams_),
                 vectorize, states, labels[:, positions], hparams,
             )  # fmt: skip
-        member_rows = rows[:, positions]  # [M, b]
+        member_rows = jnp.minimum(rows[:, positions], images.shape[0] - 1)  # [M, b]
         member_labels = jnp.take_along_axis(labels, member_rows, axis=1)
         return None, for_each_member(
             member_eval, vectorize, states, images[member_rows], member_labels, hparams
@@ -306,33 +306,36 @@ def evaluate_held_out(
 ) -> dict[str, Array]:
     """K-fold's out-of-sample outputs ``[N, ...]`` in canonical order, assembled on the devices.
 
-    ``rows`` ``[M, R]``: member ``m``'s held-out rows (padded by repeating one of them); each
-    row of ``images`` is computed once, by the member whose rows hold it (rows no member
-    holds come out zero). ``kwargs``: :func:`evaluate`'s.
+    ``rows`` ``[M, R]``: member ``m``'s held-out rows, padded with ``N``
+    (:func:`held_out_rows`); each row of ``images`` comes from the member whose rows hold it
+    (rows no member holds come out zero). ``kwargs``: :func:`evaluate`'s.
     """
     outs = evaluate(states, images, labels, hparams, rows, **kwargs)
     flat_rows = rows.reshape(-1)
 
-    def scatter(x):  # Repeated (padding) rows write the same values twice.
+    def scatter(x):  # Padding (row N) is out of range: dropped, so each row is written once.
         x = x.reshape(-1, *x.shape[2:])
-        return jnp.zeros((images.shape[0], *x.shape[1:]), x.dtype).at[flat_rows].set(x)
+        zeros = jnp.zeros((images.shape[0], *x.shape[1:]), x.dtype)
+        return zeros.at[flat_rows].set(x, mode="drop")
 
     return {k: scatter(v) for k, v in outs.items()}
 
 
 def held_out_rows(member_of_row: np.ndarray, num_members: int) -> np.ndarray:
-    """int32 ``[M, R]``: each member's rows (``member_of_row == m``), padded with its first.
+    """int32 ``[M, R]``: each member's rows (``member_of_row == m``), padded with ``N``.
 
-    Raises ValueError when a member holds no row.
+    ``member_of_row`` ``[N]``: a member index, or -1 for a row no member evaluates. Raises
+    ValueError when a member holds no row.
     """
     member_of_row = np.asarray(member_of_row)
+    num_rows = len(member_of_row)
     per_member = [np.flatnonzero(member_of_row == m) for m in range(num_members)]
     empty = [m for m, r in enumerate(per_member) if len(r) == 0]
     if empty:
         raise ValueError(f"members {empty} hold no rows to evaluate.")
     width = max(len(r) for r in per_member)
     return np.stack(
-        [np.concatenate([r, np.full(width - len(r), r[0])]) for r in per_member]
+        [np.concatenate([r, np.full(width - len(r), num_rows)]) for r in per_member]
     ).astype(np.int32)
 
 

@@ -257,7 +257,7 @@ def check_workdir(
     """Refuse a workdir that holds another run, before any work (:class:`WorkdirError`).
 
     A workdir with a ``config.json`` is taken only with ``overwrite`` (the old run is removed),
-    or with ``resume`` when the configs agree except for ``epochs``.
+    or with ``resume`` when the configs agree except for :data:`RESUMABLE_CHANGES`.
     """
     if resume and overwrite:
         raise ValueError("--resume and --overwrite exclude each other; pass one.")
@@ -282,7 +282,8 @@ def check_workdir(
         changes = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in blocking)
         raise WorkdirError(
             f"workdir {workdir} holds a run with a different config ({changes})",
-            "--resume only continues the same run (epochs may change); use another --workdir "
+            "--resume only continues the same run (epochs, eval/checkpoint frequency may "
+            "change); use another --workdir "
             "or --overwrite",
         )
 
@@ -854,8 +855,8 @@ def cross_validated_protocol(cfg, data, workdir: Path, base_key, log) -> Protoco
     """K-fold out-of-sample outputs: each fold's rows from a fresh model trained on the others.
 
     Each fold's outputs are saved to ``fold{k}.npz``, so a resumed run does not train a finished
-    fold again. When the K models are one stack of their own, each row's outputs are picked from
-    its fold's model on the devices; a lone model evaluates only its fold.
+    fold again. Each fold's model evaluates only its fold's rows; when the K models are one stack
+    of their own, together, the outputs put in canonical order on the devices.
     """
     given = data["given_label"]
     num_train = len(given)
@@ -883,7 +884,7 @@ def cross_validated_protocol(cfg, data, workdir: Path, base_key, log) -> Protoco
             out = fitted.outputs(data["images"][held_out], given[None, held_out])
             return {k: {name: v[0] for name, v in out.items()}}
         if len(position) == len(fitted.test_accuracy):  # The stack is this run's folds.
-            member_of_row = np.zeros(num_train, np.int32)
+            member_of_row = np.full(num_train, -1, np.int32)  # Finished folds: no member.
             for k, i in position.items():
                 member_of_row[fold_of == k] = i
             labels = np.broadcast_to(given, (len(position), num_train))

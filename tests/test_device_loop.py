@@ -46,8 +46,12 @@ def setting(split, mean, std, model_name, steps_per_epoch, augment=True):
     return init, config
 
 
-def streaming_epochs(split, mean, std, member, *, model_name, epochs, devices, mode="pmap"):
-    """The reference: one member, host batches of its rows, one parallel step at a time."""
+def streaming_epochs(split, mean, std, member, *, model_name, epochs, devices, mode="pmap",
+                     sums=None):  # fmt: skip
+    """The reference: one member, host batches of its rows, one parallel step at a time.
+
+    ``sums``: a dict that receives the summed metrics of the last epoch and its ``finite`` flags.
+    """
     steps = len(member.rows) // BATCH
     init, config = setting(split, mean, std, model_name, steps)
     mesh = train.data_mesh(devices)
@@ -61,9 +65,14 @@ def streaming_epochs(split, mean, std, member, *, model_name, epochs, devices, m
     margins = []
     for epoch in range(epochs):
         order = ip.epoch_permutation(member.keys[2], epoch, len(member.rows))
+        steps = []
         for batch in ip.train_batches(images, labels, order, BATCH, len(devices)):
             state, metrics = fn(state, jax.device_put(batch, train.batch_sharding(mesh)), hparams)
-            margins.append(jax.device_get(metrics["margin"]))
+            steps.append(jax.device_get(metrics))
+            margins.append(steps[-1]["margin"])
+        if sums is not None:
+            sums.update({k: sum(m[k] for m in steps) for k in device_loop.SUMMED})
+            sums["finite"] = np.array([m["finite"] for m in steps])
     return state, np.concatenate(margins)
 
 
@@ -170,9 +179,14 @@ def test_a_vmapped_stack_trains_each_member_as_if_alone(digits, model_name):
     )
     chex.assert_tree_shape_prefix(states.params, (3,))
     for k, member in enumerate(members):
+        sums = {}
         alone, _ = streaming_epochs(
-            split, mean, std, member, model_name=model_name, epochs=1, devices=devices
+            split, mean, std, member, model_name=model_name, epochs=1, devices=devices, sums=sums
         )
+        # Each member's epoch metrics are its own ([M, ...] in member order).
+        for name in device_loop.SUMMED:
+            np.testing.assert_allclose(metrics[0][name][k], sums[name], rtol=2e-5, err_msg=name)
+        np.testing.assert_array_equal(metrics[0]["finite"][k], sums["finite"])
         stacked = device_loop.unstack(states, k)
         assert_trees_close(stacked.params, alone.params, atol=2e-5)
         assert_trees_close(stacked.batch_stats, alone.batch_stats, atol=2e-5)
@@ -212,22 +226,28 @@ def test_stacked_evaluation_is_every_member_on_every_row_in_canonical_order(digi
             np.testing.assert_allclose(out[name][m], expected[name], atol=1e-5, err_msg=name)
         np.testing.assert_array_equal(out["pred"][m], expected["pred"])
     # Each row from one member only (K-fold's out-of-sample rows), assembled on the devices:
-    # member 0 holds 167 rows, member 1 333 (padded by repeating its first row).
+    # member 0 holds 150 rows, member 1 300 (padded with the out-of-range row 500), and rows
+    # 0, 10, ..., 490 no member (they come out zero), on the CPU's loop and with vmap.
     member_of_row = (np.arange(num_rows) % 3 != 0).astype(np.int32)
+    member_of_row[::10] = -1
     rows = device_loop.held_out_rows(member_of_row, 2)
-    chex.assert_shape(rows, (2, 333))
-    assert set(rows[0]) == set(np.flatnonzero(member_of_row == 0))
-    held_out = device_loop.evaluate_program(eval_step, mesh, "pmap", batch_size=96, held_out=True)
-    picked = jax.device_get(
-        held_out(states, jnp.asarray(images), jnp.asarray(labels), hparams, jnp.asarray(rows))
-    )
-    chex.assert_shape(picked["logits"], (num_rows, 10))
-    for name in ("logits", "probs", "p_t", "margin", "pred", "weight", "loss"):
-        expected = np.where(
-            (member_of_row == 0).reshape(-1, *[1] * (out[name].ndim - 2)),
-            out[name][0], out[name][1],
-        )  # fmt: skip
-        np.testing.assert_allclose(picked[name], expected, atol=1e-6, err_msg=name)
+    widths = [(member_of_row == m).sum() for m in range(2)]
+    chex.assert_shape(rows, (2, max(widths)))
+    assert set(rows[0, : widths[0]]) == set(np.flatnonzero(member_of_row == 0))
+    assert (rows[0, widths[0] :] == num_rows).all()
+    for vectorize in (False, True):
+        held_out = device_loop.evaluate_program(
+            eval_step, mesh, "pmap", batch_size=96, held_out=True, vectorize=vectorize
+        )
+        picked = jax.device_get(
+            held_out(states, jnp.asarray(images), jnp.asarray(labels), hparams, jnp.asarray(rows))
+        )
+        chex.assert_shape(picked["logits"], (num_rows, 10))
+        for name in ("logits", "probs", "p_t", "margin", "pred", "weight", "loss"):
+            shape = (-1, *[1] * (out[name].ndim - 2))
+            expected = np.where((member_of_row == 0).reshape(shape), out[name][0], out[name][1])
+            expected = np.where((member_of_row == -1).reshape(shape), 0, expected)
+            np.testing.assert_allclose(picked[name], expected, atol=1e-6, err_msg=name)
     with pytest.raises(ValueError, match=r"members \[1\] hold no rows"):
         device_loop.held_out_rows(np.zeros(4, np.int32), 2)
 

@@ -33,3 +33,17 @@ def test_user_flags_win_and_are_kept():
 def test_bad_device_count_is_named():
     with pytest.raises(ValueError, match="num_devices 0"):
         xla_setup.cpu_flags(0)
+
+
+def test_without_jax_platforms_installed_plugins_decide(monkeypatch):
+    """Unset JAX_PLATFORMS: an accelerator plugin (entry point or package) rules out CPU only."""
+    metadata, util = xla_setup.importlib.metadata, xla_setup.importlib.util
+    monkeypatch.setattr(util, "find_spec", lambda name: None)
+    monkeypatch.setattr(metadata, "entry_points", lambda group: [])
+    assert xla_setup.cpu_only({})
+    monkeypatch.setattr(metadata, "entry_points", lambda group: ["cuda"] * (group == "jax_plugins"))
+    assert not xla_setup.cpu_only({})
+    monkeypatch.setattr(metadata, "entry_points", lambda group: [])
+    monkeypatch.setattr(util, "find_spec", lambda name: object() if name == "libtpu" else None)
+    assert not xla_setup.cpu_only({})
+    assert xla_setup.FAST_CPU_COMPILE not in xla_setup.configure_cpu(environ={})

@@ -302,7 +302,9 @@ class Conv(nn.Module):
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
         x = jnp.asarray(x, self.dtype)
         y = conv2d(x, kernel.astype(self.dtype), padding=self.padding, matmul_grad=self.matmul_grad)
-        return add_bias(y, bias)
+        if jax.default_backend() == "cpu":  # Elsewhere XLA's own reduction is fast.
+            return add_bias(y, bias)
+        return y + bias.astype(self.dtype)
 
 
 def max_pool_2x2(x: Array) -> Array:
