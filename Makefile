@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 FASHION_MNIST_DEB := /usr/share/datasets/fashion-mnist
 RUN_FLAGS ?= --loss=power --gamma=2
 
-.PHONY: run test lint bench data venv clean
+.PHONY: run test lint bench bench-data data venv clean
 
 venv: $(BIN)/.installed
 
@@ -39,6 +39,13 @@ bench: venv
 	$(BIN)/python -m benchmarks.loss_overhead --quick
 	$(BIN)/python -m benchmarks.bench_train --quick
 	$(BIN)/python -m benchmarks.bench_kfold --quick
+
+# The first 11,000 Fashion-MNIST training examples as one .npz (images, labels), for machines
+# without tfds or the Debian files (the lent GPU machine): `benchmarks/gpu_suite.sh` reads it.
+bench-data: venv data
+	$(BIN)/python -c "from robust_losses_jax import input_pipeline as ip; import numpy as np, os; \
+	  s = ip.load_split('fashion_mnist', 'train', num_examples=11000); os.makedirs('.bench_data', exist_ok=True); \
+	  np.savez('.bench_data/fmnist.npz', images=s.images, labels=s.labels)"
 
 clean:
 	rm -rf $(VENV) *.egg-info
