@@ -371,6 +371,7 @@ def fit(
     devices: list,
     log: Callable[[str], None] = print,
     record_dirs: list[Path] | None = None,
+    timings: dict[str, float] | None = None,
 ) -> Fitted:
     """Train a stack of freshly initialised models (one or more :class:`device_loop.Member`).
 
@@ -393,11 +394,16 @@ def fit(
         float16) and ``metrics.jsonl`` gets that epoch's detection F1 (argmax != given), AUROC
         of ``1 - p_t`` and memorised fraction.
       resume: continue from the latest checkpoint of this stack.
+      timings: when given, wall seconds are added to it by phase: ``setup`` (initialisation,
+        programs, data placement, restore), ``train`` (the epoch programs, compilation included),
+        ``test``, ``track`` (the per-epoch outputs on the training rows), ``records`` (training
+        records and ``metrics.jsonl``) and ``checkpoint``.
 
     Per-example training records, one row per epoch (``margin_sum_history``,
     ``margin_count_history`` for AUM, by position in the member's rows; ``p_t_history``), are
     written before each checkpoint, so a resumed run keeps them.
     """
+    lap = _Laps(timings)
     on_device = uses_device_data(cfg)
     if not on_device and len(members) > 1:
         raise ValueError("streamed data trains one model at a time; pass one member.")
@@ -465,7 +471,9 @@ def fit(
     manager = ocp.CheckpointManager(
         (workdir / f"checkpoints{suffix}").absolute(),
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=CHECKPOINTS_TO_KEEP, enable_async_checkpointing=False, create=True
+            # Saves are written in a background thread while the next epochs train (a save
+            # waits for the one before it; the arrays are immutable, so nothing changes under it).
+            max_to_keep=CHECKPOINTS_TO_KEEP, enable_async_checkpointing=True, create=True
         ),
     )
     record_dirs = record_dirs or [workdir] * len(members)
@@ -506,6 +514,7 @@ def fit(
         step = start_epoch * steps_per_epoch
         log(f"resumed {tag or 'run'} from epoch {start_epoch} (step {step})")
 
+    lap("setup")
     epochs = range(start_epoch, cfg.epochs)
     desc = f"{tag or 'training'} ({num_members} model{'s' if num_members > 1 else ''})"
     accuracies, tracked = None, None  # The last epoch's, for the final model.
@@ -515,6 +524,7 @@ def fit(
         for m, member in enumerate(members):
             bad = np.flatnonzero(np.asarray(epoch_metrics["finite"][m]) == 0)
             if len(bad):
+                manager.wait_until_finished()  # The last good checkpoint, whole.
                 raise NonFiniteError(
                     f"non-finite loss or gradient in {member.tag + ', ' if member.tag else ''}"
                     f"epoch {epoch + 1}, step {bad[0] + 1} of {steps_per_epoch} (global step "
@@ -522,12 +532,15 @@ def fit(
                     f"{cfg.lr:g} too high for {cfg.optimizer}. The last good checkpoint is kept "
                     f"in {workdir / f'checkpoints{suffix}'}; no summary was written."
                 )
+        lap("train")
         last = epoch + 1 == cfg.epochs
         evaluated = last or (epoch + 1) % cfg.eval_every == 0
         if evaluated:
             accuracies = test_accuracy(states)
+            lap("test")
         if is_corrupted is not None:
             tracked = outputs(states, images, member_labels)
+            lap("track")
         step_now = (epoch + 1) * steps_per_epoch
         records = []  # Logged once the checkpoint is saved.
         seconds = (time.perf_counter() - started) / num_members
@@ -561,8 +574,10 @@ def fit(
             }
             atomic_write(record_paths[m], lambda f, saved=saved: np.savez(f, **saved), mode="wb")
             records.append(record)
+        lap("records")
         if last or (epoch + 1) % cfg.checkpoint_every == 0:
             manager.save(step_now, args=ocp.args.StandardSave(train.to_global(states)))
+            lap("checkpoint")
         for member, record, record_dir in zip(members, records, record_dirs, strict=True):
             append_jsonl(record_dir / "metrics.jsonl", record)
             test = f", test acc {record['test_accuracy']:.4f}" if evaluated else ""
@@ -572,7 +587,9 @@ def fit(
                 f"{record['train_accuracy_noisy']:.4f}, low-weight "
                 f"{record['frac_low_weight']:.3f}{test} ({record['seconds']:.1f}s)"
             )
+        lap("records")
     manager.wait_until_finished()
+    lap("checkpoint")
     aum_sum = [np.sum(h["margin_sum"], axis=0, dtype=np.float64).reshape(n)
                for h, n in zip(history, sizes, strict=True)]  # fmt: skip
     aum_count = [np.sum(h["margin_count"], axis=0, dtype=np.int64).reshape(n)
@@ -590,6 +607,20 @@ def fit(
             lambda: tracked if tracked is not None else outputs(states, images, member_labels)
         ),
     )
+
+
+class _Laps:
+    """``lap(name)`` adds the wall seconds since the previous lap to ``timings[name]``."""
+
+    def __init__(self, timings: dict[str, float] | None):
+        self.timings = timings
+        self.last = time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        if self.timings is not None:
+            self.timings[name] = self.timings.get(name, 0.0) + now - self.last
+        self.last = now
 
 
 def _device_engine(cfg, images, members, mesh, step_config, eval_step, hparams, mean, std,
