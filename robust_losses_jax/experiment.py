@@ -473,7 +473,9 @@ def fit(
         options=ocp.CheckpointManagerOptions(
             # Saves are written in a background thread while the next epochs train (a save
             # waits for the one before it; the arrays are immutable, so nothing changes under it).
-            max_to_keep=CHECKPOINTS_TO_KEEP, enable_async_checkpointing=True, create=True
+            max_to_keep=CHECKPOINTS_TO_KEEP,
+            enable_async_checkpointing=True,
+            create=True,
         ),
     )
     record_dirs = record_dirs or [workdir] * len(members)

@@ -1,5 +1,7 @@
 """benchmarks/bench_train.py's FLOP count (the fraction-of-peak column on accelerators)."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -28,12 +30,11 @@ def test_jaxpr_flops_counts_convolutions_and_matrix_products():
     c, w = jnp.zeros((2, 6)), jnp.zeros((6, 6))
     assert bench_train.jaxpr_flops(jax.make_jaxpr(nested)(w).jaxpr) == 7 * 2 * 2 * 6 * 6
     # Grouped convolution (a vmapped one): each output sums over its group's inputs only.
-    grouped = jax.make_jaxpr(
-        lambda x, k: jax.lax.conv_general_dilated(
-            x, k, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            feature_group_count=2,
-        )  # fmt: skip
-    )(jnp.zeros((1, 5, 5, 4)), jnp.zeros((3, 3, 2, 6)))
+    grouped_conv = functools.partial(
+        jax.lax.conv_general_dilated, window_strides=(1, 1), padding="VALID",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=2,
+    )  # fmt: skip
+    grouped = jax.make_jaxpr(grouped_conv)(jnp.zeros((1, 5, 5, 4)), jnp.zeros((3, 3, 2, 6)))
     assert bench_train.jaxpr_flops(grouped.jaxpr) == 2 * (3 * 3 * 6) * (3 * 3 * 2)
 
 
@@ -48,8 +49,10 @@ def test_forward_flops_of_the_benchmarked_models(model, shape, per_example):
     else:  # Convolutions and dense layers are all of it: XLA's count of the whole program.
         _, state, _ = bench_train.jax_setting(model, shape, "float32", 1)
         net = bench_train.models.get_model(model, 10)
-        cost = jax.jit(
-            lambda v, x: net.apply(v, x, train=True, rngs={"dropout": jax.random.key(0)})
-        ).lower({"params": state.params}, jnp.zeros((2, *shape))).cost_analysis()
+        cost = (
+            jax.jit(lambda v, x: net.apply(v, x, train=True, rngs={"dropout": jax.random.key(0)}))
+            .lower({"params": state.params}, jnp.zeros((2, *shape)))
+            .cost_analysis()
+        )
         cost = cost[0] if isinstance(cost, list) else cost
         np.testing.assert_allclose(flops, cost["flops"], rtol=0.03)
