@@ -421,10 +421,10 @@ def fit(
     augment = (
         cfg.dataset in input_pipeline.AUGMENTED_BY_DEFAULT if cfg.augment is None else cfg.augment
     )
-    model = models.get_model(
-        cfg.model, num_classes, dtype=jnp.dtype(cfg.dtype), bn_axis_name=train.AXIS
-    )
-    tx = train.make_optimizer(
+    # The same model and optimiser objects for equal settings: the train state's structure (its
+    # apply_fn and tx) is then equal too, and programs compiled for an earlier fit are reused.
+    model = _model(cfg.model, num_classes, cfg.dtype)
+    tx = _optimizer(
         cfg.optimizer, cfg.lr, total_steps=total_steps, schedule=cfg.lr_schedule,
         warmup_steps=cfg.warmup_epochs * steps_per_epoch, momentum=cfg.momentum,
         nesterov=cfg.nesterov, weight_decay=cfg.weight_decay,
@@ -450,10 +450,11 @@ def fit(
     real_classes = real_classes or num_classes
     num_members = len(members)
     if on_device:
-        run_epoch, outputs = _device_engine(
-            cfg, images, members, mesh, step_config, eval_step, hparams, mean, std,
-            steps_per_epoch,
+        programs = _device_programs(
+            step_config, _floats(mean), _floats(std), mesh, cfg.parallel, sizes=sizes,
+            batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size,
         )  # fmt: skip
+        run_epoch, outputs = _device_engine(images, members, mesh, programs, hparams)
     else:
         run_epoch, outputs = _streaming_engine(
             cfg, images, members[0], mesh, step_config, eval_step, hparams, mean, std,
@@ -625,25 +626,55 @@ class _Laps:
         self.last = now
 
 
-def _device_engine(cfg, images, members, mesh, step_config, eval_step, hparams, mean, std,
-                   steps_per_epoch):  # fmt: skip
-    """``(run_epoch, outputs)`` with the split on the devices, all members vmapped."""
+# Models, optimisers and compiled programs are memoised on their (hashable) settings, so fits
+# with equal settings in one process (sequential folds, sweep cells) share them instead of
+# tracing, lowering and compiling them again. All are immutable; the caches only save work.
+@functools.lru_cache(maxsize=16)
+def _model(name: str, num_classes: int, dtype: str) -> Any:
+    return models.get_model(name, num_classes, dtype=jnp.dtype(dtype), bn_axis_name=train.AXIS)
+
+
+_optimizer = functools.lru_cache(maxsize=16)(train.make_optimizer)
+
+
+def _floats(x: Any) -> tuple[float, ...]:
+    """A per-channel vector as a hashable tuple (float32 values round-trip exactly)."""
+    return tuple(float(v) for v in np.asarray(x, np.float32).ravel())
+
+
+@functools.lru_cache(maxsize=8)
+def _device_programs(
+    step_config: train.StepConfig, mean: tuple[float, ...], std: tuple[float, ...], mesh: Any,
+    parallel: str, *, sizes: tuple[int, ...], batch_size: int, eval_batch_size: int,
+) -> tuple[Callable, Callable, Callable]:  # fmt: skip
+    """``(epoch_fn, eval_fn, held_out_fn)`` of a stack (:mod:`device_loop`'s programs)."""
+    mean_array, std_array = jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
 
     def step_fn(state, batch, member_hparams, key):
         return train.train_step(
-            state, batch, member_hparams, config=step_config, key=key, mean=mean, std=std
-        )
+            state, batch, member_hparams, config=step_config, key=key, mean=mean_array,
+            std=std_array,
+        )  # fmt: skip
 
+    eval_step = functools.partial(
+        train.eval_step, config=step_config, mean=mean_array, std=std_array
+    )
     epoch_fn = device_loop.train_epoch_program(
-        step_fn, mesh, cfg.parallel, sizes=tuple(len(m.rows) for m in members),
-        batch_size=cfg.batch_size, steps_per_epoch=steps_per_epoch,
+        step_fn, mesh, parallel, sizes=sizes, batch_size=batch_size,
+        steps_per_epoch=step_config.steps_per_epoch,
     )  # fmt: skip
     eval_fn, held_out_fn = (
         device_loop.evaluate_program(
-            eval_step, mesh, cfg.parallel, batch_size=cfg.eval_batch_size, held_out=held_out
+            eval_step, mesh, parallel, batch_size=eval_batch_size, held_out=held_out
         )
         for held_out in (False, True)
     )
+    return epoch_fn, eval_fn, held_out_fn
+
+
+def _device_engine(images, members, mesh, programs, hparams):
+    """``(run_epoch, outputs)`` with the split on the devices, all members vmapped."""
+    epoch_fn, eval_fn, held_out_fn = programs
     data = train.replicate(device_loop.stack_data(images, members), mesh)
     step_keys = jnp.stack([m.keys[1] for m in members])
     order_keys = jnp.stack([m.keys[2] for m in members])

@@ -40,3 +40,38 @@ def test_fit_adds_wall_seconds_by_phase(tmp_path, detector, sequential, phases):
     assert all(seconds >= 0 for seconds in timings.values()), timings
     assert timings["train"] > 0 and timings["setup"] > 0
     assert sum(timings.values()) <= wall  # Laps of the run, never counted twice.
+
+
+def test_fits_with_equal_settings_share_their_compiled_programs(tmp_path):
+    """A second run that differs only in its seed (other labels, keys and weights) traces and
+    compiles nothing: the model, optimiser and programs of the first are reused (sequential
+    folds and sweep cells do the same)."""
+    compiles = []
+
+    def on_event(event: str, seconds: float, **_) -> None:
+        if event.startswith("/jax/core/compile/"):  # Tracing, lowering, XLA compilation.
+            compiles.append(event)
+
+    jax.monitoring.register_event_duration_secs_listener(on_event)
+    try:
+        counts = []
+        for seed in (0, 1):
+            cfg = config_lib.Config(
+                dataset="sklearn_digits", model="mlp", batch_size=64, eval_batch_size=256,
+                train_size=600, epochs=2, seed=seed,
+            )  # fmt: skip
+            data = experiment.noisy_training_data(cfg, None)
+            workdir = tmp_path / str(seed)
+            fit_run = experiment._fit_run(
+                cfg, data, workdir, resume=False, progress=False, devices=jax.local_devices(),
+                log=lambda _: None,
+            )  # fmt: skip
+            protocol = experiment.protocol_for(
+                cfg, data, workdir, jax.random.key(seed), lambda _: None
+            )
+            before = len(compiles)
+            experiment.run_protocol(cfg, data, fit_run, protocol, lambda _: None)
+            counts.append(len(compiles) - before)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(on_event)
+    assert counts[1] == 0, counts
