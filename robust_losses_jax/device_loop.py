@@ -10,8 +10,10 @@ data-parallel (pmap or shard_map) program. A stack member can be a fold of K-fol
 ``gamma``/``tau`` (traced, so one compilation).
 
 On CPU a vmapped convolution becomes a grouped one, which XLA:CPU runs slowly, so there the
-members run one after another inside the program (:func:`default_vectorize`, a ``lax.map`` over
-the stack). Convolutions inside loops are fast on CPU only with the models' loop-safe gradients
+members run one after another (:func:`default_vectorize`): an epoch is one call per member of a
+program compiled for one model, the member a traced index into the stack
+(:func:`train_member_steps`); evaluation is a ``lax.map`` over the stack. Convolutions inside
+loops are fast on CPU only with the models' loop-safe gradients
 (:func:`robust_losses_jax.models.layers.conv_general_dilated`): XLA's own gradients of a
 convolution hit slow generic paths inside a ``while`` loop (15-40x).
 
@@ -126,7 +128,7 @@ def stack_data(images: np.ndarray, members: Sequence[Member]) -> StackData:
 
 
 def default_vectorize() -> bool:
-    """vmap the members on accelerators; one after another, within the program, on CPU.
+    """vmap the members on accelerators; one after another on CPU.
 
     vmapping a convolution over its kernel gives a grouped convolution, which XLA:CPU runs far
     slower than M ordinary ones; GPUs and TPUs run it well.
@@ -230,6 +232,38 @@ def train_steps(
     out["margin_sum"] = zeros.at[member, metrics["index"]].add(metrics["margin"])
     out["margin_count"] = zeros.at[member, metrics["index"]].add(1.0).astype(jnp.int32)
     return states, out
+
+
+def train_member_steps(
+    states: Any,
+    data: StackData,
+    hparams: Mapping[str, Array],
+    step_keys: Array,
+    positions: Array,
+    member: Array,
+    **kwargs: Any,
+) -> tuple[Any, dict[str, Array]]:
+    """:func:`train_steps` of member ``member`` (an int32 scalar) of the stack alone.
+
+    Returns the stack with that member's state replaced, and its metrics (leading axis 1).
+    ``kwargs``: :func:`train_steps`'.
+    """
+
+    def take(x):
+        return jax.lax.dynamic_slice_in_dim(x, member, 1, axis=0)
+
+    state, labels, rows, member_hparams, keys, member_positions = jax.tree.map(
+        take, (states, data.labels, data.rows, hparams, step_keys, positions)
+    )
+    state, metrics = train_steps(
+        state, StackData(data.images, labels, rows), member_hparams, keys, member_positions,
+        vectorize=True, **kwargs,
+    )  # fmt: skip
+    states = jax.tree.map(
+        lambda stack_leaf, leaf: jax.lax.dynamic_update_slice_in_dim(stack_leaf, leaf, member, 0),
+        states, state,
+    )  # fmt: skip
+    return states, metrics
 
 
 def evaluate(
@@ -383,25 +417,40 @@ def train_epoch_program(
     """``(states, data, hparams, step_keys, order_keys, epoch) -> (states, host metrics)``.
 
     One epoch of the stack: the order is drawn on the devices, then one compiled program runs
-    every step; nothing returns to the host until the epoch ends. ``vectorize``: see
-    :func:`for_each_member`; None: :func:`default_vectorize`. Metrics as :func:`train_steps`,
-    for the whole epoch, as host arrays.
+    every step; nothing returns to the host until the epoch ends. Metrics as
+    :func:`train_steps`, for the whole epoch, as host arrays.
+
+    ``vectorize`` (None: :func:`default_vectorize`): the members in one ``jax.vmap``ped
+    program; else (CPU) each member's epoch in turn by one program compiled for a stack of one
+    (the members' arrays have equal shapes): a loop over the members inside the program ran no
+    faster on XLA:CPU, whose convolutions already use every core, and compiled more slowly.
     """
     orders = jax.jit(
         functools.partial(epoch_orders, sizes=sizes, steps=steps_per_epoch, batch=batch_size)
     )
-    steps = replicated_program(
-        functools.partial(
-            train_steps, step_fn=step_fn, num_devices=mesh.devices.size,
-            vectorize=default_vectorize() if vectorize is None else vectorize,
-        ),
-        mesh, mode, num_args=5,
-    )  # fmt: skip
+    kwargs = {"step_fn": step_fn, "num_devices": mesh.devices.size}
+    one_at_a_time = not (default_vectorize() if vectorize is None else vectorize)
+    num_members = len(sizes)
+    if one_at_a_time and num_members > 1:
+        steps = replicated_program(
+            functools.partial(train_member_steps, **kwargs), mesh, mode, num_args=6
+        )
+    else:
+        steps = replicated_program(
+            functools.partial(train_steps, vectorize=True, **kwargs), mesh, mode, num_args=5
+        )
 
     def run(states, data, hparams, step_keys, order_keys, epoch):
         positions = train.replicate(orders(order_keys, epoch), mesh)
-        states, metrics = steps(states, data, hparams, step_keys, positions)
-        return states, jax.device_get(metrics)
+        if not one_at_a_time or num_members == 1:
+            states, metrics = steps(states, data, hparams, step_keys, positions)
+            return states, jax.device_get(metrics)
+        per_member = []
+        for m in range(num_members):  # One compiled program, the member a traced index.
+            states, metrics = steps(states, data, hparams, step_keys, positions, np.int32(m))
+            per_member.append(metrics)
+        metrics = jax.tree.map(lambda *xs: np.concatenate(xs), *jax.device_get(per_member))
+        return states, metrics
 
     return run
 

@@ -429,9 +429,11 @@ def fit(
         warmup_steps=cfg.warmup_epochs * steps_per_epoch, momentum=cfg.momentum,
         nesterov=cfg.nesterov, weight_decay=cfg.weight_decay,
     )  # fmt: skip
-    # Each member initialised on its own, exactly as a lone run would be, then stacked.
-    states = device_loop.stack(
-        [train.create_train_state(m.keys[0], model, images.shape[1:], tx) for m in members]
+    # Each member initialised on its own, exactly as a lone run would be, then stacked (on the
+    # host: an eager jnp.stack compiles a program per leaf shape and stack size).
+    states = jax.tree.map(
+        lambda *leaves: np.stack([np.asarray(leaf) for leaf in leaves]),
+        *[train.create_train_state(m.keys[0], model, images.shape[1:], tx) for m in members],
     )
     step_config = train.StepConfig(
         loss_name=cfg.loss,

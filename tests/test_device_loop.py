@@ -76,8 +76,10 @@ def streaming_epochs(split, mean, std, member, *, model_name, epochs, devices, m
     return state, np.concatenate(margins)
 
 
-def device_epochs(split, mean, std, members, *, model_name, epochs, devices, mode="pmap"):
-    """The stack: every epoch one compiled program for all members."""
+def device_epochs(split, mean, std, members, *, model_name, epochs, devices, mode="pmap",
+                  vectorize=None):  # fmt: skip
+    """The stack: every epoch one compiled program for all members (on CPU by default one
+    program per member in turn; ``vectorize=True``: vmapped, as on accelerators)."""
     steps = len(members[0].rows) // BATCH
     init, config = setting(split, mean, std, model_name, steps)
     mesh = train.data_mesh(devices)
@@ -87,7 +89,7 @@ def device_epochs(split, mean, std, members, *, model_name, epochs, devices, mod
 
     program = device_loop.train_epoch_program(
         step_fn, mesh, mode, sizes=tuple(len(m.rows) for m in members), batch_size=BATCH,
-        steps_per_epoch=steps,
+        steps_per_epoch=steps, vectorize=vectorize,
     )  # fmt: skip
     states = train.replicate(device_loop.stack([init(m.keys[0]) for m in members]), mesh)
     data = train.replicate(device_loop.stack_data(split.images, members), mesh)
@@ -156,10 +158,14 @@ def test_one_device_and_eight_devices_agree(digits):
     assert_trees_close(states[0].params, states[1].params, atol=1e-5)
 
 
-@pytest.mark.parametrize("model_name", ["small_cnn", "resnet_tiny"])
-def test_a_vmapped_stack_trains_each_member_as_if_alone(digits, model_name):
+@pytest.mark.parametrize(
+    ("model_name", "vectorize"),
+    [("small_cnn", None), ("resnet_tiny", None), ("small_cnn", True), ("resnet_tiny", True)],
+)
+def test_a_stack_trains_each_member_as_if_alone(digits, model_name, vectorize):
     """Three members with their own rows (K-fold style), keys and gamma: the stack's weights
-    equal each member trained alone by the streaming loop (BatchNorm statistics included)."""
+    equal each member trained alone by the streaming loop (BatchNorm statistics included),
+    whether the members run in turn (CPU's default) or vmapped (accelerators')."""
     split, mean, std = digits
     n = 960
     fold_of = np.arange(n) % 3
@@ -175,8 +181,9 @@ def test_a_vmapped_stack_trains_each_member_as_if_alone(digits, model_name):
     ]
     devices = jax.local_devices()[:4]
     states, metrics = device_epochs(
-        split, mean, std, members, model_name=model_name, epochs=1, devices=devices
-    )
+        split, mean, std, members, model_name=model_name, epochs=1, devices=devices,
+        vectorize=vectorize,
+    )  # fmt: skip
     chex.assert_tree_shape_prefix(states.params, (3,))
     for k, member in enumerate(members):
         sums = {}
