@@ -92,11 +92,13 @@ def jax_protocol(cfg, data, workdir: Path) -> tuple[float, dict, dict, dict]:
         test_labels=data["test_labels"], mean=data["mean"], std=data["std"], workdir=workdir,
         progress=False, devices=jax.local_devices(), log=lambda _: None, timings=timings,
     )  # fmt: skip
-    _, extra = experiment.cross_validated(
-        cfg, data, fit_run, workdir, jax.random.key(cfg.seed), lambda _: None
-    )
+    try:
+        _, extra = experiment.cross_validated(
+            cfg, data, fit_run, workdir, jax.random.key(cfg.seed), lambda _: None
+        )
+    finally:
+        jax.monitoring.unregister_event_duration_listener(on_event)
     seconds = time.perf_counter() - start
-    jax.monitoring.unregister_event_duration_listener(on_event)
     # Out-of-sample outputs, fold bookkeeping and CL: what fit's phases do not hold.
     timings["other"] = seconds - sum(timings.values())
     return seconds, extra["confident_learning"], timings, compile_seconds

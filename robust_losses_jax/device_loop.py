@@ -178,10 +178,12 @@ def train_steps(
     *,
     step_fn: Callable,
     num_devices: int,
-    vectorize: bool = True,
     axis_name: str = train.AXIS,
 ) -> tuple[Any, dict[str, Array]]:
-    """Steps of every member of the stack, on one device's share of each batch.
+    """Steps of every member of the stack (vmapped), on one device's share of each batch.
+
+    On CPU :func:`train_epoch_program` calls it for one member at a time
+    (:func:`train_member_steps`).
 
     Args:
       states: the stacked train states (leading axis ``M``), replicated.
@@ -191,8 +193,6 @@ def train_steps(
         :func:`epoch_orders`); device ``d`` takes rows ``[d * B / D, (d + 1) * B / D)``.
       step_fn: ``(state, batch, hparams, key) -> (state, metrics)``, :func:`train.train_step`
         with its settings bound.
-      vectorize: members in one ``jax.vmap`` (else one after another in the program; see
-        :func:`for_each_member`).
 
     Returns:
       The new states and, per member: the :data:`SUMMED` metrics ``[M]``, ``finite`` ``[M, S]``
@@ -218,10 +218,9 @@ def train_steps(
         return jax.lax.scan(step, state, member_positions)
 
     # Members outside the loop over steps: vmapped, the same program as a vmapped step in a
-    # scan; on CPU (lax.map) each member's state is sliced out of the stack once per call
-    # rather than once per step.
+    # scan (a stack of one is a lone model's program).
     states, metrics = for_each_member(
-        member_steps, vectorize, states, data.rows, data.labels, hparams, step_keys, local
+        member_steps, True, states, data.rows, data.labels, hparams, step_keys, local
     )
     num_members, n_max = data.rows.shape
     member = jnp.arange(num_members)[:, None, None]
@@ -257,7 +256,7 @@ def train_member_steps(
     )
     state, metrics = train_steps(
         state, StackData(data.images, labels, rows), member_hparams, keys, member_positions,
-        vectorize=True, **kwargs,
+        **kwargs,
     )  # fmt: skip
     states = jax.tree.map(
         lambda stack_leaf, leaf: jax.lax.dynamic_update_slice_in_dim(stack_leaf, leaf, member, 0),
@@ -436,9 +435,7 @@ def train_epoch_program(
             functools.partial(train_member_steps, **kwargs), mesh, mode, num_args=6
         )
     else:
-        steps = replicated_program(
-            functools.partial(train_steps, vectorize=True, **kwargs), mesh, mode, num_args=5
-        )
+        steps = replicated_program(functools.partial(train_steps, **kwargs), mesh, mode, num_args=5)
 
     def run(states, data, hparams, step_keys, order_keys, epoch):
         positions = train.replicate(orders(order_keys, epoch), mesh)

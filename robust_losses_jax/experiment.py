@@ -445,9 +445,7 @@ def fit(
         detach=cfg.detach,
     )
     hparams = device_loop.stacked_hparams(members)
-    mean, std = jnp.asarray(mean), jnp.asarray(std)
     mesh = train.data_mesh(devices)
-    eval_step = functools.partial(train.eval_step, config=step_config, mean=mean, std=std)
     states = train.replicate(states, mesh)
     real_classes = real_classes or num_classes
     num_members = len(members)
@@ -459,8 +457,8 @@ def fit(
         run_epoch, outputs = _device_engine(images, members, mesh, programs, hparams)
     else:
         run_epoch, outputs = _streaming_engine(
-            cfg, images, members[0], mesh, step_config, eval_step, hparams, mean, std,
-            steps_per_epoch, progress,
+            cfg, images, members[0], mesh, step_config, hparams, mean, std, steps_per_epoch,
+            progress,
         )  # fmt: skip
 
     member_labels = np.stack([m.labels for m in members])
@@ -675,7 +673,7 @@ def _device_programs(
 
 
 def _device_engine(images, members, mesh, programs, hparams):
-    """``(run_epoch, outputs)`` with the split on the devices, all members vmapped."""
+    """``(run_epoch, outputs)`` with the split on the devices, all members in one stack."""
     epoch_fn, eval_fn, held_out_fn = programs
     data = train.replicate(device_loop.stack_data(images, members), mesh)
     step_keys = jnp.stack([m.keys[1] for m in members])
@@ -707,7 +705,7 @@ def _device_engine(images, members, mesh, programs, hparams):
     return run_epoch, outputs
 
 
-def _streaming_engine(cfg, images, member, mesh, step_config, eval_step, hparams, mean, std,
+def _streaming_engine(cfg, images, member, mesh, step_config, hparams, mean, std,
                       steps_per_epoch, progress):  # fmt: skip
     """``(run_epoch, outputs)`` for one member, batches streamed from the host a step at a time.
 
@@ -715,6 +713,8 @@ def _streaming_engine(cfg, images, member, mesh, step_config, eval_step, hparams
     evaluation drop and restore it inside the parallel program, so the state never comes back
     through the host (with several processes it cannot be re-placed from one).
     """
+    mean, std = jnp.asarray(mean), jnp.asarray(std)
+    eval_step = functools.partial(train.eval_step, config=step_config, mean=mean, std=std)
 
     def lone_step(states, batch, hparams):
         state, metrics = train.train_step(

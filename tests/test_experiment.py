@@ -12,6 +12,25 @@ from robust_losses_jax import experiment
 PHASES = {"setup", "train", "test", "records", "checkpoint"}
 
 
+def run_on_digits(workdir, **overrides) -> None:
+    """A run of the protocol ``overrides`` configure on 600 digits (an MLP, 2 epochs), with
+    ``fit_kwargs`` passed to every :func:`experiment.fit`."""
+    fit_kwargs = overrides.pop("fit_kwargs", {})
+    cfg = config_lib.Config(
+        dataset="sklearn_digits", model="mlp", batch_size=64, eval_batch_size=256,
+        train_size=600, epochs=2, **overrides,
+    )  # fmt: skip
+    data = experiment.noisy_training_data(cfg, None)
+    fit_run = experiment._fit_run(
+        cfg, data, workdir, resume=False, progress=False, devices=jax.local_devices(),
+        log=lambda _: None,
+    )  # fmt: skip
+    protocol = experiment.protocol_for(cfg, data, workdir, jax.random.key(cfg.seed), lambda _: None)
+    experiment.run_protocol(
+        cfg, data, functools.partial(fit_run, **fit_kwargs), protocol, lambda _: None
+    )
+
+
 @pytest.mark.parametrize(
     ("detector", "sequential", "phases"),
     [
@@ -20,21 +39,12 @@ PHASES = {"setup", "train", "test", "records", "checkpoint"}
     ],
 )
 def test_fit_adds_wall_seconds_by_phase(tmp_path, detector, sequential, phases):
-    cfg = config_lib.Config(
-        dataset="sklearn_digits", model="mlp", batch_size=64, eval_batch_size=256,
-        train_size=600, epochs=2, detector=detector, folds=2, sequential=sequential,
-    )  # fmt: skip
-    data = experiment.noisy_training_data(cfg, None)
-    fit_run = experiment._fit_run(
-        cfg, data, tmp_path, resume=False, progress=False, devices=jax.local_devices(),
-        log=lambda _: None,
-    )  # fmt: skip
-    protocol = experiment.protocol_for(cfg, data, tmp_path, jax.random.key(0), lambda _: None)
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    experiment.run_protocol(
-        cfg, data, functools.partial(fit_run, timings=timings), protocol, lambda _: None
-    )
+    run_on_digits(
+        tmp_path, detector=detector, folds=2, sequential=sequential,
+        fit_kwargs={"timings": timings},
+    )  # fmt: skip
     wall = time.perf_counter() - start
     assert set(timings) == phases
     assert all(seconds >= 0 for seconds in timings.values()), timings
@@ -56,21 +66,8 @@ def test_fits_with_equal_settings_share_their_compiled_programs(tmp_path):
     try:
         counts = []
         for seed in (0, 1):
-            cfg = config_lib.Config(
-                dataset="sklearn_digits", model="mlp", batch_size=64, eval_batch_size=256,
-                train_size=600, epochs=2, seed=seed,
-            )  # fmt: skip
-            data = experiment.noisy_training_data(cfg, None)
-            workdir = tmp_path / str(seed)
-            fit_run = experiment._fit_run(
-                cfg, data, workdir, resume=False, progress=False, devices=jax.local_devices(),
-                log=lambda _: None,
-            )  # fmt: skip
-            protocol = experiment.protocol_for(
-                cfg, data, workdir, jax.random.key(seed), lambda _: None
-            )
             before = len(compiles)
-            experiment.run_protocol(cfg, data, fit_run, protocol, lambda _: None)
+            run_on_digits(tmp_path / str(seed), seed=seed)
             counts.append(len(compiles) - before)
     finally:
         jax.monitoring.unregister_event_duration_listener(on_event)
