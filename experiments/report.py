@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from robust_losses_jax import experiment
+from robust_losses_jax import records
 
 
 def _pyplot():
@@ -38,7 +38,7 @@ def _pyplot():
 
 
 def _save(fig, path: Path) -> Path:
-    experiment.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110), mode="wb")
+    records.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110), mode="wb")
     _pyplot().close(fig)
     return path
 

@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
 
     from robust_losses_jax import config as config_lib
-    from robust_losses_jax import experiment, input_pipeline
+    from robust_losses_jax import experiment, input_pipeline, records
 
     try:
         cfg = build_config(args)
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     except input_pipeline.DatasetUnavailableError as error:
         print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
-    if experiment.is_writer():
+    if records.is_writer():
         print(experiment.one_line_summary(cfg, summary))
     return 0
 

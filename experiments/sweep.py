@@ -338,7 +338,7 @@ def results_markdown(rows: list[dict]) -> str:
 
 def write_results(workdir: Path) -> list[dict]:
     """``results.csv`` and ``results.md`` from every finished run in ``workdir`` (any sweep)."""
-    from robust_losses_jax import experiment
+    from robust_losses_jax import records
 
     rows = []
     for path in sorted(workdir.glob("*/summary.json")):
@@ -348,10 +348,10 @@ def write_results(workdir: Path) -> list[dict]:
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
     writer.writeheader()
     writer.writerows(rows)
-    experiment.atomic_write(workdir / "results.csv", lambda f: f.write(buffer.getvalue()))
+    records.atomic_write(workdir / "results.csv", lambda f: f.write(buffer.getvalue()))
     text = "Mean ± std over seeds; one row per detector of each protocol.\n\n"
     table = text + results_markdown(rows)
-    experiment.atomic_write(workdir / "results.md", lambda f: f.write(table))
+    records.atomic_write(workdir / "results.md", lambda f: f.write(table))
     return rows
 
 

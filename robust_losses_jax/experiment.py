@@ -9,6 +9,8 @@
   from the latest.
 - ``predictions.npz``: per training example in canonical order: ``p_t``, ``probs``, ``margin``,
   ``pred``, ``weight``, ``given_label``, ``true_label``, ``is_corrupted``.
+- ``train_record.npz``: per epoch and training example, AUM margin sums and counts and (tracked
+  runs) ``p_t``; while training, one file per epoch in ``train_record.epochs/`` (``records``).
 - ``summary.json``: clean test accuracy, and for each detector precision, recall, F1, balanced
   accuracy, plus AUROC of ``1 - p_t`` and precision at k = number of corrupted examples.
 
@@ -21,12 +23,9 @@ sweep's default), each run's folder getting what it would alone.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import json
-import os
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterable
@@ -48,8 +47,10 @@ from robust_losses_jax import (
     input_pipeline,
     metrics,
     models,
+    records,
     train,
 )
+from robust_losses_jax.records import append_jsonl, atomic_write, is_writer, write_json
 
 CHECKPOINTS_TO_KEEP = 3
 
@@ -97,13 +98,8 @@ def restore_latest(manager: ocp.CheckpointManager, state: Any) -> Any:
 
 
 # --------------------------------------------------------------------------------------------------
-# Atomic outputs.
+# Multi-host outputs (written by process 0: records.is_writer).
 # --------------------------------------------------------------------------------------------------
-
-
-def is_writer() -> bool:
-    """Only process 0 writes outputs (every process computes them, in a multi-host run)."""
-    return jax.process_index() == 0
 
 
 def barrier(name: str) -> None:
@@ -112,34 +108,6 @@ def barrier(name: str) -> None:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(name)
-
-
-def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "w") -> None:
-    """Write ``path`` through a temporary file in the same directory, then rename it into place.
-
-    On processes other than 0 (multi-host) it writes nothing.
-    """
-    if not is_writer():
-        return
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: Path, obj: Any) -> None:
-    atomic_write(path, lambda f: json.dump(obj, f, indent=2, sort_keys=True))
-
-
-def append_jsonl(path: Path, obj: Any) -> None:
-    """Append one line, rewriting the file atomically (it is one line per epoch: small)."""
-    old = Path(path).read_text() if Path(path).exists() else ""
-    atomic_write(path, lambda f: f.write(old + json.dumps(obj, sort_keys=True) + "\n"))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -245,7 +213,8 @@ def _tqdm(iterable: Iterable, enabled: bool, **kwargs) -> Iterable:
 
 # What a run writes into its workdir (``clear_outputs`` removes exactly these).
 OUTPUT_PATTERNS = ("config.json", "metrics.jsonl", "predictions.npz", "summary.json",
-                   "fold*.npz", "train_record*.npz", "checkpoints", "checkpoints_*")  # fmt: skip
+                   "fold*.npz", "train_record*.npz", "train_record*.epochs", "checkpoints",
+                   "checkpoints_*")  # fmt: skip
 # Config fields a resumed run may change: they decide how long it trains, or what it logs and how
 # often it checkpoints, not what it trains.
 RESUMABLE_CHANGES = ("epochs", "eval_every", "checkpoint_every")
@@ -304,10 +273,10 @@ def _drop_epochs_after(path: Path, tag: str, epoch: int) -> None:
     if not path.exists():
         return
     lines = path.read_text().splitlines()
-    records = [json.loads(x) for x in lines]
+    logged = [json.loads(x) for x in lines]
     kept = [
         x
-        for x, r in zip(lines, records, strict=True)
+        for x, r in zip(lines, logged, strict=True)
         if r.get("run", "") != tag or r["epoch"] <= epoch
     ]
     if len(kept) != len(lines):
@@ -400,8 +369,9 @@ def fit(
         records and ``metrics.jsonl``) and ``checkpoint``.
 
     Per-example training records, one row per epoch (``margin_sum_history``,
-    ``margin_count_history`` for AUM, by position in the member's rows; ``p_t_history``), are
-    written before each checkpoint, so a resumed run keeps them.
+    ``margin_count_history`` for AUM, by position in the member's rows; ``p_t_history``): each
+    epoch's rows are written (``records.write_epoch``) before its checkpoint, so a resumed run
+    keeps them, and gathered into the record when training ends.
     """
     lap = _Laps(timings)
     on_device = uses_device_data(cfg)
@@ -489,10 +459,11 @@ def fit(
         for d, m in zip(record_dirs, members, strict=True)
     ]
     # Per member and epoch: margin sums and counts of each example (AUM), and p_t when tracked.
-    # Written before the epoch's checkpoint, so a run killed in between finds every epoch it
-    # resumes from (and ignores the ones after).
-    names = ("margin_sum", "margin_count", "p_t")
-    history: list[dict[str, list[np.ndarray]]] = [{k: [] for k in names} for _ in members]
+    # Each epoch's are written (to a file of their own) before its checkpoint, so a run killed
+    # in between finds every epoch it resumes from (and ignores the ones after).
+    history: list[dict[str, list[np.ndarray]]] = [
+        {k: [] for k in records.HISTORY_FIELDS} for _ in members
+    ]
     start_epoch = 0
     if resume and manager.latest_step() is None:
         # Killed before its first checkpoint (with --checkpoint-every > 1, after logging some
@@ -502,13 +473,11 @@ def fit(
     elif resume:
         states = restore_latest(manager, states)
         start_epoch = int(np.ravel(states.step)[0]) // steps_per_epoch
-        for path, member_history in zip(record_paths, history, strict=True):
-            with np.load(path) if path.exists() else contextlib.nullcontext({}) as saved:
-                for name in names:
-                    member_history[name] = list(saved.get(f"{name}_history", []))[:start_epoch]
-            if len(member_history["margin_sum"]) != start_epoch:
+        for m, path in enumerate(record_paths):
+            history[m] = records.read_history(path, start_epoch)
+            if len(history[m]["margin_sum"]) != start_epoch:
                 raise CheckpointError(
-                    f"{path} holds {len(member_history['margin_sum'])} epochs of training "
+                    f"{path} holds {len(history[m]['margin_sum'])} epochs of training "
                     f"records, fewer than the checkpoint's {start_epoch}; pass --overwrite to "
                     "start again."
                 )
@@ -545,15 +514,14 @@ def fit(
             tracked = outputs(states, images, member_labels)
             lap("track")
         step_now = (epoch + 1) * steps_per_epoch
-        records = []  # Logged once the checkpoint is saved.
+        epoch_records = []  # Logged once the checkpoint is saved.
         seconds = (time.perf_counter() - started) / num_members
         for m, member in enumerate(members):
             n = sizes[m]
-            member_history = history[m]
-            member_history["margin_sum"].append(np.asarray(epoch_metrics["margin_sum"][m][:n]))
-            member_history["margin_count"].append(
-                np.asarray(epoch_metrics["margin_count"][m][:n]).astype(np.uint8)
-            )
+            rows = {
+                "margin_sum": np.asarray(epoch_metrics["margin_sum"][m][:n]),
+                "margin_count": np.asarray(epoch_metrics["margin_count"][m][:n]).astype(np.uint8),
+            }
             count = float(epoch_metrics["count"][m])
             record = {
                 **({"run": member.tag} if member.tag else {}),
@@ -568,20 +536,18 @@ def fit(
                 record["test_accuracy"] = float(accuracies[m])
             if tracked is not None:
                 out = {k: v[m] for k, v in tracked.items()}
-                member_history["p_t"].append(out["p_t"].astype(np.float16))
+                rows["p_t"] = out["p_t"].astype(np.float16)
                 record.update(_epoch_detection(out, member.labels, is_corrupted[m]))
             record["seconds"] = seconds
-            saved = {
-                f"{k}_history": np.stack(v) if v else np.zeros((0, n), np.float32)
-                for k, v in member_history.items()
-            }
-            atomic_write(record_paths[m], lambda f, saved=saved: np.savez(f, **saved), mode="wb")
-            records.append(record)
+            for name, value in rows.items():
+                history[m][name].append(value)
+            records.write_epoch(record_paths[m], epoch, rows)
+            epoch_records.append(record)
         lap("records")
         if last or (epoch + 1) % cfg.checkpoint_every == 0:
             manager.save(step_now, args=ocp.args.StandardSave(train.to_global(states)))
             lap("checkpoint")
-        for member, record, record_dir in zip(members, records, record_dirs, strict=True):
+        for member, record, record_dir in zip(members, epoch_records, record_dirs, strict=True):
             append_jsonl(record_dir / "metrics.jsonl", record)
             test = f", test acc {record['test_accuracy']:.4f}" if evaluated else ""
             log(
@@ -593,6 +559,9 @@ def fit(
         lap("records")
     manager.wait_until_finished()
     lap("checkpoint")
+    for path, member_history, n in zip(record_paths, history, sizes, strict=True):
+        records.write_history(path, member_history, n)  # Gathers the epoch files.
+    lap("records")
     aum_sum = [np.sum(h["margin_sum"], axis=0, dtype=np.float64).reshape(n)
                for h, n in zip(history, sizes, strict=True)]  # fmt: skip
     aum_count = [np.sum(h["margin_count"], axis=0, dtype=np.int64).reshape(n)

@@ -402,6 +402,8 @@ def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path, kill
     history = np.load(killed / "train_record.npz")
     for name in ref_history.files:
         np.testing.assert_array_equal(history[name], ref_history[name], err_msg=name)
+    # The per-epoch files (the killed run's only record) were gathered and removed.
+    assert not (killed / "train_record.epochs").exists()
 
 
 def test_two_processes_of_4_devices_equal_one_process_of_8(tmp_path):

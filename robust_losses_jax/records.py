@@ -1,0 +1,138 @@
+"""What a run writes: atomic files, and per-example training records that grow by one epoch.
+
+Every file is written to a temporary name in its directory and renamed into place, so a killed
+run leaves no truncated file. Only process 0 writes (every process computes the same values in
+a multi-host run).
+
+A training record is one ``.npz`` (``train_record.npz``) holding ``<field>_history`` arrays,
+``[E, N]``: one row per epoch and training example. While a run trains, each epoch goes to a
+file of its own beside it (``train_record.epochs/000007.npz``), so an epoch costs its own size
+to write, not the whole history's (a 50,000-example, 200-epoch run rewrote 7 GB when the record
+was written whole every epoch); :func:`write_history` gathers them into the record once
+training ends. :func:`read_history` reads both, for a resumed run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+# The fields of a training record: per epoch and example, the sum and count of the training
+# margins (AUM) and, when the run tracks it, p_t after the epoch.
+HISTORY_FIELDS = ("margin_sum", "margin_count", "p_t")
+
+
+def is_writer() -> bool:
+    """Only process 0 writes outputs (every process computes them, in a multi-host run)."""
+    return jax.process_index() == 0
+
+
+def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "w") -> None:
+    """Write ``path`` through a temporary file in the same directory, then rename it into place.
+
+    On processes other than 0 (multi-host) it writes nothing.
+    """
+    if not is_writer():
+        return
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write(path, lambda f: json.dump(obj, f, indent=2, sort_keys=True))
+
+
+def append_jsonl(path: Path, obj: Any) -> None:
+    """Append one line, rewriting the file atomically (it is one line per epoch: small)."""
+    old = Path(path).read_text() if Path(path).exists() else ""
+    atomic_write(path, lambda f: f.write(old + json.dumps(obj, sort_keys=True) + "\n"))
+
+
+def epochs_dir(path: Path) -> Path:
+    """Where the epochs of the record ``path`` wait while it trains: ``<stem>.epochs/``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.epochs")
+
+
+def write_epoch(path: Path, epoch: int, arrays: Mapping[str, np.ndarray]) -> None:
+    """Epoch ``epoch`` (0-based) of the record ``path``: ``arrays`` (field -> ``[N]``), alone.
+
+    Fields may be missing (``p_t`` when the run does not track it). A file already there for
+    this epoch (a resumed run trains it again) is replaced.
+    """
+    unknown = sorted(set(arrays) - set(HISTORY_FIELDS))
+    if unknown:
+        raise ValueError(f"unknown record fields {unknown}; allowed: {list(HISTORY_FIELDS)}.")
+    if epoch < 0:
+        raise ValueError(f"epoch {epoch} must be at least 0.")
+    directory = epochs_dir(path)
+    if is_writer():
+        directory.mkdir(exist_ok=True)
+    atomic_write(directory / f"{epoch:06d}.npz", lambda f: np.savez(f, **arrays), mode="wb")
+
+
+def read_history(path: Path, epochs: int) -> dict[str, list[np.ndarray]]:
+    """The first ``epochs`` epochs of each field of the record ``path`` (fewer if it has fewer).
+
+    Epochs come from ``path`` first, then from the files :func:`write_epoch` left for the
+    epochs after those; a missing epoch ends the history there. Returns field -> list of
+    ``[N]`` arrays (empty for a field the run did not record).
+    """
+    path = Path(path)
+    history: dict[str, list[np.ndarray]] = {name: [] for name in HISTORY_FIELDS}
+    if path.exists():
+        with np.load(path) as saved:
+            for name in HISTORY_FIELDS:
+                history[name] = list(saved.get(f"{name}_history", []))
+    epoch = len(history["margin_sum"])
+    directory = epochs_dir(path)
+    while epoch < epochs and (directory / f"{epoch:06d}.npz").exists():
+        with np.load(directory / f"{epoch:06d}.npz") as saved:
+            for name in HISTORY_FIELDS:
+                if name in saved:
+                    history[name].append(saved[name])
+        epoch += 1
+    return {name: rows[:epochs] for name, rows in history.items()}
+
+
+def write_history(path: Path, history: Mapping[str, Sequence[np.ndarray]], num_rows: int) -> None:
+    """The whole record ``path`` (``<field>_history`` ``[E, num_rows]``), then its epoch files go.
+
+    A field with no epochs is saved as ``[0, num_rows]`` float32.
+    """
+    empty = np.zeros((0, num_rows), np.float32)
+    saved = {
+        f"{name}_history": np.stack(history[name]) if len(history.get(name, ())) else empty
+        for name in HISTORY_FIELDS
+    }
+    atomic_write(path, lambda f: np.savez(f, **saved), mode="wb")
+    if is_writer():
+        shutil.rmtree(epochs_dir(path), ignore_errors=True)
+
+
+__all__ = [
+    "HISTORY_FIELDS",
+    "append_jsonl",
+    "atomic_write",
+    "epochs_dir",
+    "is_writer",
+    "read_history",
+    "write_epoch",
+    "write_history",
+    "write_json",
+]
