@@ -452,6 +452,10 @@ def train_epoch_program(
     return run
 
 
+# What an evaluation program evaluates (:func:`evaluate_program`'s ``rows``).
+EVALUATIONS = ("all", "per_member", "held_out")
+
+
 def evaluate_program(
     eval_fn: Callable,
     mesh: Mesh,
@@ -459,14 +463,22 @@ def evaluate_program(
     *,
     batch_size: int,
     vectorize: bool | None = None,
-    held_out: bool = False,
+    rows: str = "all",
 ) -> Callable:
-    """``(states, images, labels, hparams) -> outputs [M, N, ...]`` (:func:`evaluate`), or with
-    ``held_out`` ``(states, images, labels, hparams, rows) -> outputs [N, ...]``
-    (:func:`evaluate_held_out`)."""
+    """An evaluation of the stack over ``mesh``, by what ``rows`` names:
+
+    - ``'all'``: ``(states, images, labels, hparams) -> outputs [M, N, ...]``, every member on
+      every row (:func:`evaluate`);
+    - ``'per_member'``: ``(states, images, labels, hparams, rows) -> outputs [M, R, ...]``, each
+      member on its own rows ``rows[m]`` (:func:`evaluate` with ``rows``);
+    - ``'held_out'``: the same, each row's outputs put in canonical order,
+      ``outputs [N, ...]`` (:func:`evaluate_held_out`).
+    """
+    if rows not in EVALUATIONS:
+        raise ValueError(f"Unknown evaluation {rows!r}; choose from {', '.join(EVALUATIONS)}.")
     fn = functools.partial(
-        evaluate_held_out if held_out else evaluate, eval_fn=eval_fn, batch_size=batch_size,
-        num_devices=mesh.devices.size,
+        evaluate_held_out if rows == "held_out" else evaluate, eval_fn=eval_fn,
+        batch_size=batch_size, num_devices=mesh.devices.size,
         vectorize=default_vectorize() if vectorize is None else vectorize,
     )  # fmt: skip
-    return replicated_program(fn, mesh, mode, num_args=5 if held_out else 4)
+    return replicated_program(fn, mesh, mode, num_args=4 if rows == "all" else 5)

@@ -299,6 +299,9 @@ class Fitted:
       test_accuracy: per member, the clean test accuracy of its final model.
       training_outputs: ``() ->`` host arrays ``[M, N, ...]``: every member on every row of the
         stack's images, scored against its own labels (computed once, on first call).
+      held_out_outputs: ``() ->`` per member, host arrays ``[R_m, ...]``: its outputs on the
+        rows of the stack's images it did not train on (K-fold: its fold), in ascending order,
+        against its own labels; every member's in one evaluation (computed once).
     """
 
     states: Any
@@ -307,6 +310,7 @@ class Fitted:
     aum_count: list[np.ndarray]
     test_accuracy: list[float]
     training_outputs: Callable[[], dict[str, np.ndarray]]
+    held_out_outputs: Callable[[], list[dict[str, np.ndarray]]]
 
 
 def uses_device_data(cfg: config_lib.Config) -> bool:
@@ -578,7 +582,27 @@ def fit(
         training_outputs=functools.cache(
             lambda: tracked if tracked is not None else outputs(states, images, member_labels)
         ),
+        held_out_outputs=functools.cache(
+            lambda: _held_out_outputs(functools.partial(outputs, states), images, members)
+        ),
     )
+
+
+def _held_out_outputs(outputs, images, members) -> list[dict[str, np.ndarray]]:
+    """Per member, its outputs on the rows of ``images`` outside its training rows (ascending):
+    one evaluation of the stack, each member on its own rows only."""
+    num_rows = len(images)
+    held_out = [np.setdiff1d(np.arange(num_rows), m.rows) for m in members]
+    width = max(len(r) for r in held_out)
+    labels = np.stack([m.labels for m in members])
+    if width == 0:
+        raise ValueError("every member trained on every row: none has held-out rows.")
+    if len(members) == 1:  # Also the streaming engine's case: evaluate just those rows.
+        out = outputs(images[held_out[0]], labels[:, held_out[0]])
+        return [{k: v[0] for k, v in out.items()}]
+    rows = np.stack([np.concatenate([r, np.full(width - len(r), num_rows)]) for r in held_out])
+    out = outputs(images, labels, rows=rows)
+    return [{k: v[m, : len(r)] for k, v in out.items()} for m, r in enumerate(held_out)]
 
 
 class _Laps:
@@ -615,8 +639,9 @@ def _floats(x: Any) -> tuple[float, ...]:
 def _device_programs(
     step_config: train.StepConfig, mean: tuple[float, ...], std: tuple[float, ...], mesh: Any,
     parallel: str, *, sizes: tuple[int, ...], batch_size: int, eval_batch_size: int,
-) -> tuple[Callable, Callable, Callable]:  # fmt: skip
-    """``(epoch_fn, eval_fn, held_out_fn)`` of a stack (:mod:`device_loop`'s programs)."""
+) -> tuple[Callable, ...]:  # fmt: skip
+    """``(epoch_fn, eval_fn, per_member_fn, held_out_fn)`` of a stack (:mod:`device_loop`'s
+    programs; each compiles on its first call)."""
     mean_array, std_array = jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
 
     def step_fn(state, batch, member_hparams, key):
@@ -632,18 +657,18 @@ def _device_programs(
         step_fn, mesh, parallel, sizes=sizes, batch_size=batch_size,
         steps_per_epoch=step_config.steps_per_epoch,
     )  # fmt: skip
-    eval_fn, held_out_fn = (
+    eval_fns = tuple(
         device_loop.evaluate_program(
-            eval_step, mesh, parallel, batch_size=eval_batch_size, held_out=held_out
+            eval_step, mesh, parallel, batch_size=eval_batch_size, rows=rows
         )
-        for held_out in (False, True)
+        for rows in device_loop.EVALUATIONS
     )
-    return epoch_fn, eval_fn, held_out_fn
+    return (epoch_fn, *eval_fns)
 
 
 def _device_engine(images, members, mesh, programs, hparams):
     """``(run_epoch, outputs)`` with the split on the devices, all members in one stack."""
-    epoch_fn, eval_fn, held_out_fn = programs
+    epoch_fn, eval_fn, per_member_fn, held_out_fn = programs
     data = train.replicate(device_loop.stack_data(images, members), mesh)
     step_keys = jnp.stack([m.keys[1] for m in members])
     order_keys = jnp.stack([m.keys[2] for m in members])
@@ -652,7 +677,7 @@ def _device_engine(images, members, mesh, programs, hparams):
     def run_epoch(states, epoch):  # The epoch program returns host metrics.
         return epoch_fn(states, data, hparams, step_keys, order_keys, jnp.int32(epoch))
 
-    def outputs(states, eval_images, labels, member_of_row=None):
+    def outputs(states, eval_images, labels, member_of_row=None, rows=None):
         if eval_images is images:
             on_devices = data.images
         else:
@@ -663,6 +688,9 @@ def _device_engine(images, members, mesh, programs, hparams):
                 )
             on_devices = placed[id(eval_images)][1]
         labels = jnp.asarray(labels, jnp.int32)
+        if rows is not None:  # Each member on its own rows, [M, R] (padded with N).
+            rows = train.replicate(np.asarray(rows, np.int32), mesh)
+            return jax.device_get(per_member_fn(states, on_devices, labels, hparams, rows))
         if member_of_row is None:
             return jax.device_get(eval_fn(states, on_devices, labels, hparams))
         # Each member evaluates only its own rows (K-fold: its held-out fold), not all of them.
@@ -925,11 +953,10 @@ def cross_validated_protocol(cfg, data, workdir: Path, base_key, log) -> Protoco
             labels = np.broadcast_to(given, (len(position), num_train))
             out = fitted.outputs(data["images"], labels, member_of_row)
             return {k: {n: v[fold_of == k] for n, v in out.items()} for k in position}
-        # Other runs' models in the stack too: every member on every row, computed once.
-        return {
-            k: {n: v[fold_of == k] for n, v in _training_outputs(fitted, i).items()}
-            for k, i in position.items()
-        }
+        # Other runs' models in the stack too (a sweep): every member of the stack on its own
+        # held-out rows, in one evaluation shared by the runs.
+        held_out = fitted.held_out_outputs()
+        return {k: held_out[i] for k, i in position.items()}
 
     def finish(trained):
         for fitted, member_position in by_stack(trained):

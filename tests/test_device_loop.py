@@ -243,12 +243,21 @@ def test_stacked_evaluation_is_every_member_on_every_row_in_canonical_order(digi
     assert set(rows[0, : widths[0]]) == set(np.flatnonzero(member_of_row == 0))
     assert (rows[0, widths[0] :] == num_rows).all()
     for vectorize in (False, True):
-        held_out = device_loop.evaluate_program(
-            eval_step, mesh, "pmap", batch_size=96, held_out=True, vectorize=vectorize
+        held_out, per_member = (
+            device_loop.evaluate_program(
+                eval_step, mesh, "pmap", batch_size=96, rows=kind, vectorize=vectorize
+            )
+            for kind in ("held_out", "per_member")
         )
-        picked = jax.device_get(
-            held_out(states, jnp.asarray(images), jnp.asarray(labels), hparams, jnp.asarray(rows))
-        )
+        args = (states, jnp.asarray(images), jnp.asarray(labels), hparams, jnp.asarray(rows))
+        picked = jax.device_get(held_out(*args))
+        # Unscattered: member m's outputs on rows[m], in that order (padding evaluates row N-1).
+        own = jax.device_get(per_member(*args))
+        chex.assert_shape(own["logits"], (2, rows.shape[1], 10))
+        for m in range(2):
+            mine = rows[m, : widths[m]]
+            np.testing.assert_allclose(own["p_t"][m, : widths[m]], out["p_t"][m][mine], atol=1e-6)
+            np.testing.assert_array_equal(own["pred"][m, : widths[m]], out["pred"][m][mine])
         chex.assert_shape(picked["logits"], (num_rows, 10))
         for name in ("logits", "probs", "p_t", "margin", "pred", "weight", "loss"):
             shape = (-1, *[1] * (out[name].ndim - 2))
@@ -257,6 +266,8 @@ def test_stacked_evaluation_is_every_member_on_every_row_in_canonical_order(digi
             np.testing.assert_allclose(picked[name], expected, atol=1e-6, err_msg=name)
     with pytest.raises(ValueError, match=r"members \[1\] hold no rows"):
         device_loop.held_out_rows(np.zeros(4, np.int32), 2)
+    with pytest.raises(ValueError, match="Unknown evaluation 'some'; choose from all, per_member"):
+        device_loop.evaluate_program(eval_step, mesh, "pmap", batch_size=96, rows="some")
 
 
 def test_members_must_name_the_same_hyperparameters(digits):

@@ -72,3 +72,45 @@ def test_fits_with_equal_settings_share_their_compiled_programs(tmp_path):
     finally:
         jax.monitoring.unregister_event_duration_listener(on_event)
     assert counts[1] == 0, counts
+
+
+def test_held_out_outputs_are_each_members_own_rows_from_one_evaluation(tmp_path):
+    """A sweep's stack holds several runs' folds, whose held-out rows overlap: each member is
+    evaluated on its own held-out rows only (not every member on every row, as before), and
+    gets what evaluating it on every row and keeping those rows gives."""
+    import numpy as np
+
+    from robust_losses_jax import device_loop
+
+    cfg = config_lib.Config(
+        dataset="sklearn_digits", model="mlp", batch_size=64, eval_batch_size=256,
+        train_size=600, epochs=1, detector="cl", folds=2,
+    )  # fmt: skip
+    data = experiment.noisy_training_data(cfg, None)
+    fit_run = experiment._fit_run(
+        cfg, data, tmp_path, resume=False, progress=False, devices=jax.local_devices(),
+        log=lambda _: None,
+    )  # fmt: skip
+    rng = np.random.default_rng(0)
+    given = data["given_label"]
+    members = [
+        device_loop.Member(
+            labels=(given + shift) % 10,  # Each member scores p_t against its own labels.
+            rows=np.sort(rng.choice(600, size=size, replace=False)),
+            keys=experiment._run_keys(jax.random.key(0), m),
+            hparams=experiment._loss_hparams(cfg),
+            tag=f"m{m}",
+        )
+        for m, (shift, size) in enumerate([(0, 320), (1, 330), (0, 340)])
+    ]
+    fitted = fit_run(data["images"], members, tag="stack", num_classes=10)
+    everywhere = fitted.training_outputs()
+    held_out = fitted.held_out_outputs()
+    for m, member in enumerate(members):
+        rows = np.setdiff1d(np.arange(600), member.rows)
+        assert held_out[m]["p_t"].shape == (600 - len(member.rows),)
+        for name in ("logits", "p_t", "margin"):
+            np.testing.assert_allclose(
+                held_out[m][name], everywhere[name][m][rows], atol=1e-5, err_msg=name
+            )
+        np.testing.assert_array_equal(held_out[m]["pred"], everywhere["pred"][m][rows])
