@@ -50,7 +50,14 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from robust_losses_jax import config as config_lib  # noqa: E402
-from robust_losses_jax import corruption, detection, experiment, input_pipeline, metrics  # noqa: E402
+from robust_losses_jax import (  # noqa: E402
+    corruption,
+    detection,
+    experiment,
+    input_pipeline,
+    metrics,
+    trainer,
+)
 
 
 def load_data(num_train: int, num_test: int, npz: str | None):
@@ -76,7 +83,7 @@ COMPILE_EVENTS = {
 
 
 def jax_protocol(cfg, data, workdir: Path) -> tuple[float, dict, dict, dict]:
-    """Seconds, CL metrics, seconds by phase (``experiment.fit``'s and ``other``) and seconds
+    """Seconds, CL metrics, seconds by phase (``trainer.fit``'s and ``other``) and seconds
     spent making programs (``trace``, ``lower``, ``compile``; these are inside the phases)."""
     timings: dict[str, float] = {}
     compile_seconds = dict.fromkeys(COMPILE_EVENTS.values(), 0.0)
@@ -88,7 +95,7 @@ def jax_protocol(cfg, data, workdir: Path) -> tuple[float, dict, dict, dict]:
     jax.monitoring.register_event_duration_secs_listener(on_event)
     start = time.perf_counter()
     fit_run = functools.partial(
-        experiment.fit, cfg, real_classes=data["num_classes"], test_images=data["test_images"],
+        trainer.fit, cfg, real_classes=data["num_classes"], test_images=data["test_images"],
         test_labels=data["test_labels"], mean=data["mean"], std=data["std"], workdir=workdir,
         progress=False, devices=jax.local_devices(), log=lambda _: None, timings=timings,
     )  # fmt: skip

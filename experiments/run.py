@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
 
     from robust_losses_jax import config as config_lib
-    from robust_losses_jax import experiment, input_pipeline, records
+    from robust_losses_jax import experiment, input_pipeline, records, trainer
 
     try:
         cfg = build_config(args)
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg, args.workdir, data_dir=args.data_dir, resume=args.resume,
             overwrite=args.overwrite, progress=args.progress,
         )  # fmt: skip
-    except (experiment.NonFiniteError, experiment.CheckpointError) as error:
+    except (trainer.NonFiniteError, trainer.CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)  # One line; no summary was written.
         return 1
     except input_pipeline.DatasetUnavailableError as error:

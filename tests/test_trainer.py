@@ -1,4 +1,5 @@
-"""experiment.fit beyond what the runner's end-to-end tests see: its per-phase wall times."""
+"""trainer.fit beyond what the runner's end-to-end tests see: phase times, shared programs,
+held-out outputs."""
 
 import functools
 import time
@@ -14,7 +15,7 @@ PHASES = {"setup", "train", "test", "records", "checkpoint"}
 
 def run_on_digits(workdir, **overrides) -> None:
     """A run of the protocol ``overrides`` configure on 600 digits (an MLP, 2 epochs), with
-    ``fit_kwargs`` passed to every :func:`experiment.fit`."""
+    ``fit_kwargs`` passed to every :func:`trainer.fit`."""
     fit_kwargs = overrides.pop("fit_kwargs", {})
     cfg = config_lib.Config(
         dataset="sklearn_digits", model="mlp", batch_size=64, eval_batch_size=256,
