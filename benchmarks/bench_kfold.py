@@ -12,13 +12,15 @@ fold, then run Confident Learning on the out-of-sample probabilities. Rows:
   of ``experiments.run --detector=cl``): ``jax.vmap`` over the models on accelerators, a
   loop over them inside the program on CPU (see :mod:`robust_losses_jax.device_loop`).
 
-Each JAX row includes what the runner does besides training (compilation, a checkpoint per epoch
-and fold, and a 1,000-example test evaluation per fold after its last epoch: the runner's
-``--eval-every`` is set to the epochs, since the reference evaluates no test set; pass
-``--eval-every=1`` for the runner's default of one per epoch; ``--checkpoint-every`` likewise,
-default 1 as in the runner); the table reports the CL F1 of each row as a check that they did
-the same work. Fashion-MNIST comes from tfds (prepared offline from Debian's package) or
-``--npz`` (``images`` uint8 ``[N, 28, 28, 1]``, ``labels``), for machines without tfds.
+Each JAX row includes what the runner does besides training (compilation, checkpoints as the
+runner makes them, and a 1,000-example test evaluation per fold after its last epoch: the
+runner's ``--eval-every`` is set to the epochs, since the reference evaluates no test set; pass
+``--eval-every=1`` for the runner's default of one per epoch; ``--checkpoint-every`` and
+``--checkpoint-min-interval`` default to the runner's: every epoch, at most once a minute;
+``--checkpoint-min-interval=0`` for one per epoch and model); the table reports the CL F1 of
+each row as a check that they did the same work. Fashion-MNIST comes from tfds (prepared
+offline from Debian's package) or ``--npz`` (``images`` uint8 ``[N, 28, 28, 1]``, ``labels``),
+for machines without tfds.
 
     python -m benchmarks.bench_kfold --quick          # 1,500 examples, 1 epoch: < 2 min (CPU)
     .venv-bench/bin/python -m benchmarks.bench_kfold  # 10,000 examples, 3 epochs, with torch
@@ -147,6 +149,11 @@ def main(argv: list[str] | None = None) -> None:
         "--checkpoint-every", type=int, default=1, help="JAX rows: checkpoint every N epochs"
     )
     parser.add_argument(
+        "--checkpoint-min-interval", type=float,
+        default=config_lib.Config().checkpoint_min_interval,
+        help="JAX rows: seconds between checkpoints at least (0: every --checkpoint-every)",
+    )  # fmt: skip
+    parser.add_argument(
         "--warm", action="store_true", help="also rerun the JAX rows with a warm compile cache"
     )
     parser.add_argument(
@@ -162,6 +169,7 @@ def main(argv: list[str] | None = None) -> None:
         epochs=epochs, folds=args.folds, detector="cl", train_size=num_train, seed=0,
         eval_every=epochs if args.eval_every is None else args.eval_every,
         checkpoint_every=args.checkpoint_every,
+        checkpoint_min_interval=args.checkpoint_min_interval,
     )  # fmt: skip
     config_lib.validate(cfg, num_devices=len(jax.local_devices()))
     noisy, is_corrupted = corruption.corrupt_labels(
@@ -177,7 +185,8 @@ def main(argv: list[str] | None = None) -> None:
         f"5-fold CL protocol: {num_train} Fashion-MNIST examples, {epochs} epoch(s), small CNN, "
         f"batch {cfg.batch_size}; backend {jax.default_backend()} "
         f"({jax.devices()[0].device_kind}), {len(jax.local_devices())} device(s); JAX rows test "
-        f"every {cfg.eval_every} and checkpoint every {cfg.checkpoint_every} epoch(s); "
+        f"every {cfg.eval_every} and checkpoint every {cfg.checkpoint_every} epoch(s), at most "
+        f"once per {cfg.checkpoint_min_interval:g} s; "
         f"{args.repeats} round(s)"
     )
     print(f"{'row':<22} {'seconds':>9} {'CL F1':>7}")

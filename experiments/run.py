@@ -65,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.checkpoint_every,
         help="checkpoint every N epochs (and after the last); --resume restarts from the last",
     )
+    add(
+        "--checkpoint-min-interval",
+        type=float,
+        default=d.checkpoint_min_interval,
+        help="seconds: skip an epoch's checkpoint while the last is younger (0: never skip)",
+    )
     add("--batch-size", type=int, default=d.batch_size)
     add("--eval-batch-size", type=int, default=d.eval_batch_size)
     add("--optimizer", default=d.optimizer, help="sgd, adam, adamw")
@@ -159,6 +165,7 @@ def build_config(args: argparse.Namespace) -> Config:
         cl_filter_by=args.cl_filter_by, aum_percentile=args.aum_percentile,
         data_placement=args.data_placement, sequential=args.sequential,
         eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
+        checkpoint_min_interval=args.checkpoint_min_interval,
     )  # fmt: skip
 
 

@@ -72,6 +72,10 @@ class Config:
     # models pays once but sequential runs pay per model. A run resumes from its last checkpoint.
     eval_every: int = 1
     checkpoint_every: int = 1
+    # ...but an epoch's checkpoint is skipped when the last one (or the start of training) is
+    # less than this many seconds old: at most one save a minute, however short the epochs (on
+    # a GPU a save took longer than a small model's epoch). 0: every checkpoint_every epochs.
+    checkpoint_min_interval: float = 60.0
 
     @property
     def resolved_delay_epochs(self) -> int:
@@ -155,6 +159,8 @@ def validate(config: Config, *, num_devices: int) -> None:
         (config.eval_every >= 1, f"eval every {config.eval_every} epochs: must be >= 1"),
         (config.checkpoint_every >= 1,
          f"checkpoint every {config.checkpoint_every} epochs: must be >= 1"),
+        (config.checkpoint_min_interval >= 0,
+         f"checkpoint min interval {config.checkpoint_min_interval} s: must be >= 0"),
         (config.folds >= 2, f"folds {config.folds} must be >= 2"),
         (0.0 < config.aum_percentile <= 100.0,
          f"aum percentile {config.aum_percentile} must be in (0, 100]"),

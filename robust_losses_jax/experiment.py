@@ -5,8 +5,9 @@
 - ``config.json``: the config with defaults resolved (the delay a robust loss got, ...).
 - ``metrics.jsonl``: one line per epoch (train loss, accuracy on the noisy labels, fraction of
   switched-off examples, clean test accuracy, ...).
-- ``checkpoints/``: orbax checkpoints, one per epoch, the last 3 kept; ``resume=True`` continues
-  from the latest.
+- ``checkpoints/``: orbax checkpoints, every ``checkpoint_every`` epochs at most once per
+  ``checkpoint_min_interval`` seconds and after the last, the last 3 kept; ``resume=True``
+  continues from the latest.
 - ``predictions.npz``: per training example in canonical order: ``p_t``, ``probs``, ``margin``,
   ``pred``, ``weight``, ``given_label``, ``true_label``, ``is_corrupted``.
 - ``train_record.npz``: per epoch and training example, AUM margin sums and counts and (tracked
@@ -178,7 +179,7 @@ OUTPUT_PATTERNS = ("config.json", "metrics.jsonl", "predictions.npz", "summary.j
                    "checkpoints_*")  # fmt: skip
 # Config fields a resumed run may change: they decide how long it trains, or what it logs and how
 # often it checkpoints, not what it trains.
-RESUMABLE_CHANGES = ("epochs", "eval_every", "checkpoint_every")
+RESUMABLE_CHANGES = ("epochs", "eval_every", "checkpoint_every", "checkpoint_min_interval")
 
 
 def check_workdir(

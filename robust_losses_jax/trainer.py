@@ -4,10 +4,11 @@
 run's epochs and returns a :class:`Fitted`: the final states, their test accuracies, and
 evaluations of them on the training rows. With the split on the devices, each epoch of the
 whole stack is one compiled program (:mod:`device_loop`); otherwise one model is trained on
-batches streamed from the host. Along the way it tests every ``eval_every`` epochs, checkpoints
-with orbax every ``checkpoint_every`` (asynchronously; ``resume`` continues from the latest),
-appends each member's epoch to its ``metrics.jsonl`` and training record (:mod:`records`), and
-stops with :class:`NonFiniteError` on a non-finite loss or gradient.
+batches streamed from the host. Along the way it tests every ``eval_every`` epochs; checkpoints
+with orbax every ``checkpoint_every`` epochs, at most once per ``checkpoint_min_interval``
+seconds, and after the last (asynchronously; ``resume`` continues from the latest); appends each
+member's epoch to its ``metrics.jsonl`` and training record (:mod:`records`); and stops with
+:class:`NonFiniteError` on a non-finite loss or gradient.
 
 Models, optimisers and compiled programs are memoised on their settings, so fits with equal
 settings in one process (sequential folds, sweep cells) trace and compile once.
@@ -308,6 +309,10 @@ def fit(
         log(f"resumed {tag or 'run'} from epoch {start_epoch} (step {step})")
 
     lap("setup")
+    # The clock may only skip checkpoints in one process: in several, each process must make
+    # the same decision (a save is collective), and their clocks differ.
+    min_interval = cfg.checkpoint_min_interval if jax.process_count() == 1 else 0.0
+    last_save = time.monotonic()
     epochs = range(start_epoch, cfg.epochs)
     desc = f"{tag or 'training'} ({num_members} model{'s' if num_members > 1 else ''})"
     accuracies, tracked = None, None  # The last epoch's, for the final model.
@@ -365,8 +370,10 @@ def fit(
             records.write_epoch(record_paths[m], epoch, rows)
             epoch_records.append(record)
         lap("records")
-        if last or (epoch + 1) % cfg.checkpoint_every == 0:
+        due = (epoch + 1) % cfg.checkpoint_every == 0
+        if last or (due and time.monotonic() - last_save >= min_interval):
             manager.save(step_now, args=ocp.args.StandardSave(train.to_global(states)))
+            last_save = time.monotonic()
             lap("checkpoint")
         for member, record, record_dir in zip(members, epoch_records, record_dirs, strict=True):
             append_jsonl(record_dir / "metrics.jsonl", record)

@@ -7,8 +7,10 @@ import pytest
 
 from experiments import run
 
+# Checkpoints every epoch, however fast (these tests resume from them); the default's clock is
+# tested on its own.
 BASE = ["--dataset=sklearn_digits", "--model=mlp", "--batch-size=64", "--eval-batch-size=256",
-        "--train-size=0", "--no-progress", "--seed=3"]  # fmt: skip
+        "--train-size=0", "--no-progress", "--seed=3", "--checkpoint-min-interval=0"]  # fmt: skip
 
 
 def test_run_writes_every_output(tmp_path, capsys):
@@ -91,6 +93,26 @@ def test_eval_and_checkpoint_every_n_epochs_train_the_same(tmp_path):
             np.testing.assert_array_equal(data[name], reference[name], err_msg=name)
 
 
+def test_checkpoints_wait_for_the_min_interval_and_the_model_is_the_same(tmp_path):
+    """By default an epoch's checkpoint is skipped while the last is under 60 s old: this run's
+    3 epochs take a few seconds, so only the last is saved. Training is unchanged."""
+    every, timed = tmp_path / "every", tmp_path / "timed"
+    args = [*BASE, "--epochs=3"]
+    assert run.main([*args, f"--workdir={every}"]) == 0
+    default = [a for a in args if not a.startswith("--checkpoint-min-interval")]
+    assert run.main([*default, f"--workdir={timed}"]) == 0
+    steps = sorted(int(p.name) for p in (timed / "checkpoints").iterdir() if p.name.isdigit())
+    lines = [json.loads(x) for x in (timed / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [lines[-1]["step"]]  # Only the last epoch's.
+    assert len(list((every / "checkpoints").iterdir())) == 3
+    reference = np.load(every / "predictions.npz")
+    with np.load(timed / "predictions.npz") as data:
+        for name in reference.files:
+            np.testing.assert_array_equal(data[name], reference[name], err_msg=name)
+    # The interval may change on resume (it decides when to save, not what is trained).
+    assert run.main([*args, "--epochs=4", f"--workdir={timed}", "--resume"]) == 0
+
+
 def test_resume_before_the_first_checkpoint_starts_again_without_duplicate_epochs(tmp_path):
     """Killed after logging epochs but before any checkpoint (--checkpoint-every > 1): resumed,
     it trains from the start and logs each epoch once."""
@@ -120,7 +142,7 @@ def test_runs_stacked_together_resume_from_the_stack_checkpoint(tmp_path):
         return config_lib.Config(
             dataset="sklearn_digits", model="mlp", batch_size=64, eval_batch_size=256,
             train_size=None, loss="power", loss_hparams={"gamma": gamma}, delay_epochs=1,
-            seed=seed, epochs=epochs,
+            seed=seed, epochs=epochs, checkpoint_min_interval=0,
         )  # fmt: skip
 
     settings = [(0, 1.0), (1, 2.0)]
@@ -180,6 +202,7 @@ def test_data_on_device_trains_like_streaming(tmp_path):
      (["--epochs=0"], "epochs 0 must be >= 1"),
      (["--eval-every=0"], "eval every 0 epochs: must be >= 1"),
      (["--checkpoint-every=-1"], "checkpoint every -1 epochs: must be >= 1"),
+     (["--checkpoint-min-interval=-1"], "checkpoint min interval -1.0 s: must be >= 0"),
      (["--parallel=xmap"], "Unknown parallel mode 'xmap'"),
      (["--noise-kind=transition"], "needs a transition matrix"),
      (["--noise-kind=transition", "--transition={T_NOT_STOCHASTIC}"],
