@@ -242,10 +242,11 @@ def test_stacked_evaluation_is_every_member_on_every_row_in_canonical_order(digi
     chex.assert_shape(rows, (2, max(widths)))
     assert set(rows[0, : widths[0]]) == set(np.flatnonzero(member_of_row == 0))
     assert (rows[0, widths[0] :] == num_rows).all()
-    for vectorize in (False, True):
+    # On CPU one member at a time (pmap and shard_map), and vmapped as on accelerators.
+    for vectorize, mode in [(False, "pmap"), (False, "shard_map"), (True, "pmap")]:
         held_out, per_member = (
             device_loop.evaluate_program(
-                eval_step, mesh, "pmap", batch_size=96, rows=kind, vectorize=vectorize
+                eval_step, mesh, mode, batch_size=96, rows=kind, vectorize=vectorize
             )
             for kind in ("held_out", "per_member")
         )
