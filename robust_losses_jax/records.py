@@ -9,7 +9,7 @@ A training record is one ``.npz`` (``train_record.npz``) holding ``<field>_histo
 file of its own beside it (``train_record.epochs/000007.npz``), so an epoch costs its own size
 to write, not the whole history's (a 50,000-example, 200-epoch run rewrote 7 GB when the record
 was written whole every epoch); :func:`write_history` gathers them into the record once
-training ends. :func:`read_history` reads both, for a resumed run.
+training ends. :func:`read_history` reads both, for a resumed run (an epoch's own file first).
 """
 
 from __future__ import annotations
@@ -89,25 +89,33 @@ def write_epoch(path: Path, epoch: int, arrays: Mapping[str, np.ndarray]) -> Non
 def read_history(path: Path, epochs: int) -> dict[str, list[np.ndarray]]:
     """The first ``epochs`` epochs of each field of the record ``path`` (fewer if it has fewer).
 
-    Epochs come from ``path`` first, then from the files :func:`write_epoch` left for the
-    epochs after those; a missing epoch ends the history there. Returns field -> list of
-    ``[N]`` arrays (empty for a field the run did not record).
+    Each epoch comes from its own file (:func:`write_epoch`) where there is one, else from
+    ``path``: epoch files are newer than the gathered record, which removes them (a run resumed
+    from an earlier checkpoint trains some of its epochs again). A missing epoch ends the
+    history there. Returns field -> list of ``[N]`` arrays (empty for a field the run did not
+    record).
     """
     path = Path(path)
-    history: dict[str, list[np.ndarray]] = {name: [] for name in HISTORY_FIELDS}
+    gathered: dict[str, np.ndarray] = {}
     if path.exists():
         with np.load(path) as saved:
-            for name in HISTORY_FIELDS:
-                history[name] = list(saved.get(f"{name}_history", []))
-    epoch = len(history["margin_sum"])
+            gathered = {name: saved[f"{name}_history"] for name in HISTORY_FIELDS
+                        if f"{name}_history" in saved.files}  # fmt: skip
+    num_gathered = len(gathered.get("margin_sum", ()))
+    history: dict[str, list[np.ndarray]] = {name: [] for name in HISTORY_FIELDS}
     directory = epochs_dir(path)
-    while epoch < epochs and (directory / f"{epoch:06d}.npz").exists():
-        with np.load(directory / f"{epoch:06d}.npz") as saved:
-            for name in HISTORY_FIELDS:
-                if name in saved:
-                    history[name].append(saved[name])
-        epoch += 1
-    return {name: rows[:epochs] for name, rows in history.items()}
+    for epoch in range(epochs):
+        epoch_file = directory / f"{epoch:06d}.npz"
+        if epoch_file.exists():
+            with np.load(epoch_file) as saved:
+                rows = {name: saved[name] for name in HISTORY_FIELDS if name in saved.files}
+        elif epoch < num_gathered:
+            rows = {name: v[epoch] for name, v in gathered.items() if epoch < len(v)}
+        else:
+            break
+        for name, value in rows.items():
+            history[name].append(value)
+    return history
 
 
 def write_history(path: Path, history: Mapping[str, Sequence[np.ndarray]], num_rows: int) -> None:

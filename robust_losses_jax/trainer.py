@@ -20,6 +20,7 @@ import dataclasses
 import functools
 import json
 import time
+import zipfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -111,7 +112,8 @@ class Fitted:
         (every member on every row; ``labels`` ``[M, N]``), or ``[N, ...]`` with
         ``member_of_row`` ``[N]``: row ``i`` from member ``member_of_row[i]``, which alone
         evaluates it (assembled on the devices). Keys: ``logits``, ``probs``, ``p_t``,
-        ``margin``, ``pred``, ``weight``, ``loss``.
+        ``margin``, ``pred``, ``weight``, ``loss``. With the data on the devices it also takes
+        ``rows=`` ``[M, R]`` (each member on its own rows, padded with ``N``: ``[M, R, ...]``).
       aum_sum, aum_count: per member, ``[n_m]`` sums and counts of the training margins of its
         rows (every step, from the train step's own logits), for AUM.
       test_accuracy: per member, the clean test accuracy of its final model.
@@ -296,7 +298,14 @@ def fit(
         states = restore_latest(manager, states)
         start_epoch = int(np.ravel(states.step)[0]) // steps_per_epoch
         for m, path in enumerate(record_paths):
-            history[m] = records.read_history(path, start_epoch)
+            try:
+                history[m] = records.read_history(path, start_epoch)
+            except (OSError, ValueError, zipfile.BadZipFile) as error:  # A damaged file.
+                raise CheckpointError(
+                    f"the training record {path} (or a file of {records.epochs_dir(path)}) "
+                    f"cannot be read ({type(error).__name__}: {error}); pass --overwrite to "
+                    "start again."
+                ) from error
             if len(history[m]["margin_sum"]) != start_epoch:
                 raise CheckpointError(
                     f"{path} holds {len(history[m]['margin_sum'])} epochs of training "
@@ -323,12 +332,16 @@ def fit(
             bad = np.flatnonzero(np.asarray(epoch_metrics["finite"][m]) == 0)
             if len(bad):
                 manager.wait_until_finished()  # The last good checkpoint, whole.
+                saved = (
+                    f"The last good checkpoint is kept in {workdir / f'checkpoints{suffix}'}"
+                    if manager.latest_step() is not None
+                    else "No checkpoint was saved before it"
+                )
                 raise NonFiniteError(
                     f"non-finite loss or gradient in {member.tag + ', ' if member.tag else ''}"
                     f"epoch {epoch + 1}, step {bad[0] + 1} of {steps_per_epoch} (global step "
                     f"{epoch * steps_per_epoch + bad[0] + 1}); likely cause: learning rate "
-                    f"{cfg.lr:g} too high for {cfg.optimizer}. The last good checkpoint is kept "
-                    f"in {workdir / f'checkpoints{suffix}'}; no summary was written."
+                    f"{cfg.lr:g} too high for {cfg.optimizer}. {saved}; no summary was written."
                 )
         lap("train")
         last = epoch + 1 == cfg.epochs

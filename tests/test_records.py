@@ -63,6 +63,19 @@ def test_a_resumed_record_reads_the_gathered_epochs_then_the_new_files(tmp_path)
     assert len(records.read_history(path, 4)["margin_sum"]) == 2
 
 
+def test_an_epoch_trained_again_is_read_from_its_file_not_the_gathered_record(tmp_path):
+    # A finished 2-epoch run resumed from an earlier checkpoint (its latest deleted) trains
+    # epoch 1 again: the new epoch file, not the gathered record's row, is that epoch now.
+    path = tmp_path / "train_record.npz"
+    first = {name: [v[name] for v in map(_epoch, range(2))] for name in records.HISTORY_FIELDS}
+    records.write_history(path, first, num_rows=5)
+    records.write_epoch(path, 1, _epoch(9))
+    history = records.read_history(path, 2)
+    np.testing.assert_array_equal(history["margin_sum"][0], _epoch(0)["margin_sum"])
+    for name in records.HISTORY_FIELDS:
+        np.testing.assert_array_equal(history[name][1], _epoch(9)[name], err_msg=name)
+
+
 def test_an_epoch_file_costs_its_own_size_whatever_the_history(tmp_path):
     # The point of the epoch files: writing epoch 50 writes one epoch, not 51 (the record was
     # rewritten whole every epoch before: O(epochs^2) bytes over a run).

@@ -357,7 +357,21 @@ def test_non_finite_training_stops_with_epoch_step_and_cause(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
     assert "non-finite loss or gradient in epoch 1, step" in err and "learning rate 1e+30" in err
+    assert "No checkpoint was saved before it" in err  # Epoch 1 had none to keep.
     assert not (workdir / "summary.json").exists() and not (workdir / "predictions.npz").exists()
+
+
+def test_a_damaged_training_record_names_itself_on_resume(tmp_path, capsys):
+    workdir = tmp_path / "damaged_record"
+    flags = [*BASE, "--epochs=2", f"--workdir={workdir}"]
+    assert run.main(flags) == 0
+    (workdir / "train_record.npz").write_bytes(b"PK\3\4 not a zip")
+    capsys.readouterr()
+    assert run.main([*flags[:-2], "--epochs=3", f"--workdir={workdir}", "--resume"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert f"the training record {workdir / 'train_record.npz'}" in err
+    assert "pass --overwrite to start again" in err
 
 
 def test_a_damaged_checkpoint_names_itself_and_the_fallback(tmp_path, capsys):
@@ -384,8 +398,15 @@ def test_a_damaged_checkpoint_names_itself_and_the_fallback(tmp_path, capsys):
     assert [x["epoch"] for x in lines] == [1, 2, 3]  # Epoch 2, trained again, logged once.
 
 
-@pytest.mark.parametrize("kill_after_epochs", [1, 2])
-def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path, kill_after_epochs):
+@pytest.mark.parametrize(
+    ("kill_after_epochs", "extra"),
+    # With --checkpoint-every=2 the kill comes an epoch after the last checkpoint: the resumed
+    # run trains epoch 3 again, whose record file is already there.
+    [(1, []), (2, []), (3, ["--checkpoint-every=2"])],
+)
+def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(
+    tmp_path, kill_after_epochs, extra
+):
     """A real subprocess killed with SIGKILL after some epochs (in the next one), then --resume:
     the same predictions.npz, bit for bit, as a run never interrupted."""
     import os
@@ -395,7 +416,7 @@ def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path, kill
     import time
 
     flags = [*BASE, "--loss=power", "--gamma=0.5", "--delay=1", "--batch-size=16",
-             "--epochs=4"]  # fmt: skip
+             "--epochs=4", *extra]  # fmt: skip
     killed = tmp_path / "killed"
     process = subprocess.Popen(
         [sys.executable, "-m", "experiments.run", *flags, f"--workdir={killed}"],
