@@ -13,19 +13,25 @@ from robust_losses_jax import experiment
 PHASES = {"setup", "train", "test", "records", "checkpoint"}
 
 
-def run_on_digits(workdir, **overrides) -> None:
-    """A run of the protocol ``overrides`` configure on 600 digits (an MLP, 2 epochs), with
-    ``fit_kwargs`` passed to every :func:`trainer.fit`."""
-    fit_kwargs = overrides.pop("fit_kwargs", {})
+def digits_fit_run(workdir, **overrides):
+    """``(cfg, data, fit_run)`` for 600 digits (an MLP, 2 epochs unless ``overrides`` say)."""
     cfg = config_lib.Config(
-        dataset="sklearn_digits", model="mlp", batch_size=64, eval_batch_size=256,
-        train_size=600, epochs=2, **overrides,
+        **{"dataset": "sklearn_digits", "model": "mlp", "batch_size": 64,
+           "eval_batch_size": 256, "train_size": 600, "epochs": 2, **overrides},
     )  # fmt: skip
     data = experiment.noisy_training_data(cfg, None)
     fit_run = experiment._fit_run(
         cfg, data, workdir, resume=False, progress=False, devices=jax.local_devices(),
         log=lambda _: None,
     )  # fmt: skip
+    return cfg, data, fit_run
+
+
+def run_on_digits(workdir, **overrides) -> None:
+    """A run of the protocol ``overrides`` configure on 600 digits (an MLP, 2 epochs), with
+    ``fit_kwargs`` passed to every :func:`trainer.fit`."""
+    fit_kwargs = overrides.pop("fit_kwargs", {})
+    cfg, data, fit_run = digits_fit_run(workdir, **overrides)
     protocol = experiment.protocol_for(cfg, data, workdir, jax.random.key(cfg.seed), lambda _: None)
     experiment.run_protocol(
         cfg, data, functools.partial(fit_run, **fit_kwargs), protocol, lambda _: None
@@ -83,15 +89,7 @@ def test_held_out_outputs_are_each_members_own_rows_from_one_evaluation(tmp_path
 
     from robust_losses_jax import device_loop
 
-    cfg = config_lib.Config(
-        dataset="sklearn_digits", model="mlp", batch_size=64, eval_batch_size=256,
-        train_size=600, epochs=1, detector="cl", folds=2,
-    )  # fmt: skip
-    data = experiment.noisy_training_data(cfg, None)
-    fit_run = experiment._fit_run(
-        cfg, data, tmp_path, resume=False, progress=False, devices=jax.local_devices(),
-        log=lambda _: None,
-    )  # fmt: skip
+    cfg, data, fit_run = digits_fit_run(tmp_path, epochs=1, detector="cl", folds=2)
     rng = np.random.default_rng(0)
     given = data["given_label"]
     members = [
