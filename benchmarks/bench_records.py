@@ -55,7 +55,7 @@ def epoch_files(path: Path, num_rows: int, num_epochs: int) -> int:
         for name, value in rows.items():
             history[name].append(value)
         records.write_epoch(path, epoch, rows)
-        written += (records.epochs_dir(path) / f"{epoch:06d}.npz").stat().st_size
+        written += records.epoch_path(path, epoch).stat().st_size
     records.write_history(path, history, num_rows)
     return written + path.stat().st_size
 

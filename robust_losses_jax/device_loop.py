@@ -354,6 +354,15 @@ def evaluate_held_out(
     return {k: scatter(v) for k, v in outs.items()}
 
 
+def padded_rows(per_member: Sequence[np.ndarray], num_rows: int) -> np.ndarray:
+    """int32 ``[M, R]``: member ``m``'s rows ``per_member[m]``, padded with ``num_rows`` (out of
+    range: :func:`evaluate` evaluates the last row there, :func:`evaluate_held_out` drops it)."""
+    width = max(len(r) for r in per_member)
+    return np.stack(
+        [np.concatenate([r, np.full(width - len(r), num_rows)]) for r in per_member]
+    ).astype(np.int32)
+
+
 def held_out_rows(member_of_row: np.ndarray, num_members: int) -> np.ndarray:
     """int32 ``[M, R]``: each member's rows (``member_of_row == m``), padded with ``N``.
 
@@ -366,10 +375,7 @@ def held_out_rows(member_of_row: np.ndarray, num_members: int) -> np.ndarray:
     empty = [m for m, r in enumerate(per_member) if len(r) == 0]
     if empty:
         raise ValueError(f"members {empty} hold no rows to evaluate.")
-    width = max(len(r) for r in per_member)
-    return np.stack(
-        [np.concatenate([r, np.full(width - len(r), num_rows)]) for r in per_member]
-    ).astype(np.int32)
+    return padded_rows(per_member, num_rows)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -69,6 +69,11 @@ def epochs_dir(path: Path) -> Path:
     return path.with_name(f"{path.stem}.epochs")
 
 
+def epoch_path(path: Path, epoch: int) -> Path:
+    """The file of epoch ``epoch`` (0-based) of the record ``path``, while it trains."""
+    return epochs_dir(path) / f"{epoch:06d}.npz"
+
+
 def write_epoch(path: Path, epoch: int, arrays: Mapping[str, np.ndarray]) -> None:
     """Epoch ``epoch`` (0-based) of the record ``path``: ``arrays`` (field -> ``[N]``), alone.
 
@@ -80,10 +85,9 @@ def write_epoch(path: Path, epoch: int, arrays: Mapping[str, np.ndarray]) -> Non
         raise ValueError(f"unknown record fields {unknown}; allowed: {list(HISTORY_FIELDS)}.")
     if epoch < 0:
         raise ValueError(f"epoch {epoch} must be at least 0.")
-    directory = epochs_dir(path)
     if is_writer():
-        directory.mkdir(exist_ok=True)
-    atomic_write(directory / f"{epoch:06d}.npz", lambda f: np.savez(f, **arrays), mode="wb")
+        epochs_dir(path).mkdir(exist_ok=True)
+    atomic_write(epoch_path(path, epoch), lambda f: np.savez(f, **arrays), mode="wb")
 
 
 def read_history(path: Path, epochs: int) -> dict[str, list[np.ndarray]]:
@@ -103,9 +107,8 @@ def read_history(path: Path, epochs: int) -> dict[str, list[np.ndarray]]:
                         if f"{name}_history" in saved.files}  # fmt: skip
     num_gathered = len(gathered.get("margin_sum", ()))
     history: dict[str, list[np.ndarray]] = {name: [] for name in HISTORY_FIELDS}
-    directory = epochs_dir(path)
     for epoch in range(epochs):
-        epoch_file = directory / f"{epoch:06d}.npz"
+        epoch_file = epoch_path(path, epoch)
         if epoch_file.exists():
             with np.load(epoch_file) as saved:
                 rows = {name: saved[name] for name in HISTORY_FIELDS if name in saved.files}
@@ -137,6 +140,7 @@ __all__ = [
     "HISTORY_FIELDS",
     "append_jsonl",
     "atomic_write",
+    "epoch_path",
     "epochs_dir",
     "is_writer",
     "read_history",

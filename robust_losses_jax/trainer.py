@@ -420,25 +420,25 @@ def fit(
             lambda: tracked if tracked is not None else outputs(states, images, member_labels)
         ),
         held_out_outputs=functools.cache(
-            lambda: _held_out_outputs(functools.partial(outputs, states), images, members)
+            lambda: _held_out_outputs(
+                functools.partial(outputs, states), images, member_labels, members
+            )
         ),
     )
 
 
-def _held_out_outputs(outputs, images, members) -> list[dict[str, np.ndarray]]:
-    """Per member, its outputs on the rows of ``images`` outside its training rows (ascending):
-    one evaluation of the stack, each member on its own rows only."""
+def _held_out_outputs(outputs, images, labels, members) -> list[dict[str, np.ndarray]]:
+    """Per member, its outputs on the rows of ``images`` outside its training rows (ascending),
+    against its labels (``labels[m]``): one evaluation of the stack, each member on its own
+    rows only."""
     num_rows = len(images)
     held_out = [np.setdiff1d(np.arange(num_rows), m.rows) for m in members]
-    width = max(len(r) for r in held_out)
-    labels = np.stack([m.labels for m in members])
-    if width == 0:
+    if max(len(r) for r in held_out) == 0:
         raise ValueError("every member trained on every row: none has held-out rows.")
     if len(members) == 1:  # Also the streaming engine's case: evaluate just those rows.
         out = outputs(images[held_out[0]], labels[:, held_out[0]])
         return [{k: v[0] for k, v in out.items()}]
-    rows = np.stack([np.concatenate([r, np.full(width - len(r), num_rows)]) for r in held_out])
-    out = outputs(images, labels, rows=rows)
+    out = outputs(images, labels, rows=device_loop.padded_rows(held_out, num_rows))
     return [{k: v[m, : len(r)] for k, v in out.items()} for m, r in enumerate(held_out)]
 
 
