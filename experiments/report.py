@@ -55,10 +55,12 @@ def pt_histograms(run: Path, out: Path, max_panels: int = 6) -> Path | None:
     if not record.exists():
         return None
     history = np.load(record)["p_t_history"].astype(np.float64)
-    if not len(history):
+    tracked = np.flatnonzero(~np.isnan(history).all(axis=1))  # --eval-every skips some epochs.
+    if not len(tracked):
         return None
     is_corrupted = np.load(run / "predictions.npz")["is_corrupted"]
-    epochs = np.unique(np.linspace(0, len(history) - 1, min(max_panels, len(history))).astype(int))
+    panels = np.linspace(0, len(tracked) - 1, min(max_panels, len(tracked))).astype(int)
+    epochs = tracked[np.unique(panels)]
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(epochs), figsize=(3.2 * len(epochs), 3), squeeze=False)
     bins = np.linspace(0, 1, 41)

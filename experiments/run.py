@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--eval-every",
         type=int,
         default=d.eval_every,
-        help="test accuracy every N epochs (and after the last)",
+        help="test accuracy, and the training rows' p_t (detection per epoch), every N epochs "
+        "(and after the last)",
     )
     add(
         "--checkpoint-every",

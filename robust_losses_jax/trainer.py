@@ -182,10 +182,11 @@ def fit(
         member's epochs are appended to ``metrics.jsonl`` (with ``"run": member.tag`` when
         tagged) and its per-example records go to ``train_record[_<member.tag>].npz``, in
         ``workdir`` or, per member, in ``record_dirs`` (a stack of several runs' models).
-      is_corrupted: ``[M, N]``, when given the members are evaluated on every row after every
-        epoch: ``p_t`` per epoch goes to the training record (``p_t_history`` ``[E, N]``
-        float16) and ``metrics.jsonl`` gets that epoch's detection F1 (argmax != given), AUROC
-        of ``1 - p_t`` and memorised fraction.
+      is_corrupted: ``[M, N]``, when given the members are evaluated on every row after the
+        epochs that test (``cfg.eval_every``, and the last): ``p_t`` per epoch goes to the
+        training record (``p_t_history`` ``[E, N]`` float16, NaN rows for the other epochs) and
+        ``metrics.jsonl`` gets that epoch's detection F1 (argmax != given), AUROC of
+        ``1 - p_t`` and memorised fraction.
       resume: continue from the latest checkpoint of this stack.
       timings: when given, wall seconds are added to it by phase: ``setup`` (initialisation,
         programs, data placement, restore), ``train`` (the epoch programs, compilation included),
@@ -349,7 +350,9 @@ def fit(
         if evaluated:
             accuracies = test_accuracy(states)
             lap("test")
-        if is_corrupted is not None:
+        # Tracking evaluates every training row: it follows --eval-every like the test set.
+        tracked_now = is_corrupted is not None and evaluated
+        if tracked_now:
             tracked = outputs(states, images, member_labels)
             lap("track")
         step_now = (epoch + 1) * steps_per_epoch
@@ -373,10 +376,12 @@ def fit(
             }
             if evaluated:
                 record["test_accuracy"] = float(accuracies[m])
-            if tracked is not None:
+            if tracked_now:
                 out = {k: v[m] for k, v in tracked.items()}
                 rows["p_t"] = out["p_t"].astype(np.float16)
                 record.update(_epoch_detection(out, member.labels, is_corrupted[m]))
+            elif is_corrupted is not None:  # Keeps p_t_history [E, N]: an untracked epoch.
+                rows["p_t"] = np.full(n, np.nan, np.float16)
             record["seconds"] = seconds
             for name, value in rows.items():
                 history[m][name].append(value)

@@ -68,8 +68,9 @@ def test_same_seed_same_result_and_resume_matches(tmp_path):
 
 
 def test_eval_and_checkpoint_every_n_epochs_train_the_same(tmp_path):
-    """--eval-every / --checkpoint-every thin out test evaluations and checkpoints (the last
-    epoch always has both); the model is the same, and a resume may change them."""
+    """--eval-every / --checkpoint-every thin out test evaluations (with the training rows'
+    tracking) and checkpoints (the last epoch always has both); the model is the same, and a
+    resume may change them."""
     every, sparse = tmp_path / "every", tmp_path / "sparse"
     args = [*BASE, "--loss=power", "--gamma=1", "--delay=1"]
     assert run.main([*args, "--epochs=5", f"--workdir={every}"]) == 0
@@ -87,6 +88,15 @@ def test_eval_and_checkpoint_every_n_epochs_train_the_same(tmp_path):
     for a, b in zip(lines, dense, strict=True):
         assert a["train_loss"] == b["train_loss"]
         assert a.get("test_accuracy", b["test_accuracy"]) == b["test_accuracy"]
+        # The training rows are tracked (p_t, detection scores) when the test set is.
+        assert ("f1_argmax_neq_given" in a) == ("test_accuracy" in a)
+        assert a.get("f1_argmax_neq_given", b["f1_argmax_neq_given"]) == b["f1_argmax_neq_given"]
+    history = np.load(sparse / "train_record.npz")["p_t_history"]
+    dense_history = np.load(every / "train_record.npz")["p_t_history"]
+    assert history.shape == dense_history.shape == (5, dense_history.shape[1])
+    untracked = np.isnan(history).all(axis=1)
+    assert untracked.tolist() == [True, False, True, False, False]  # Epochs 1 and 3.
+    np.testing.assert_array_equal(history[~untracked], dense_history[~untracked])
     reference = np.load(every / "predictions.npz")
     with np.load(sparse / "predictions.npz") as data:
         for name in reference.files:

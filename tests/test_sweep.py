@@ -66,7 +66,8 @@ def test_report_writes_every_plot(swept):
 
 
 def test_report_plots_runs_that_test_every_few_epochs(tmp_path):
-    """With --eval-every some epochs have no test accuracy: the curves skip them."""
+    """With --eval-every some epochs have no test accuracy and no p_t: the curves and the
+    histograms skip them."""
     grid = ["--losses=ce", "--delays=0", "--noise=symmetric:0.2", "--detectors=pt", "--seeds=0",
             "--no-progress"]  # fmt: skip
     flags = [*RUN_FLAGS[:-1], "--epochs=3", "--eval-every=2"]
@@ -74,8 +75,12 @@ def test_report_plots_runs_that_test_every_few_epochs(tmp_path):
     (cell,) = [p.parent for p in tmp_path.glob("*/summary.json")]
     lines = [json.loads(x) for x in (cell / "metrics.jsonl").read_text().splitlines()]
     assert ["test_accuracy" in x for x in lines] == [False, True, True]
+    assert ["auroc_1_minus_pt" in x for x in lines] == [False, True, True]
+    history = np.load(cell / "train_record.npz")["p_t_history"]
+    assert np.isnan(history).all(axis=1).tolist() == [True, False, False]
     assert report.main([str(tmp_path)]) == 0
     assert (tmp_path / "plots" / "detection_per_epoch.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "plots" / f"{cell.name}_pt_histograms.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_report_on_a_folder_without_runs_exits_2(tmp_path, capsys):
