@@ -381,7 +381,7 @@ def fit(
                 rows["p_t"] = out["p_t"].astype(np.float16)
                 record.update(_epoch_detection(out, member.labels, is_corrupted[m]))
             elif is_corrupted is not None:  # Keeps p_t_history [E, N]: an untracked epoch.
-                rows["p_t"] = np.full(n, np.nan, np.float16)
+                rows["p_t"] = np.full(len(images), np.nan, np.float16)  # Every row, as tracked.
             record["seconds"] = seconds
             for name, value in rows.items():
                 history[m][name].append(value)
