@@ -77,9 +77,10 @@ def _one_minus_exp(log_p: Array) -> Array:
 def _one_minus_p_t(log_probs: Array, log_pt: Array, labels: ArrayLike) -> Array:
     """``1 - p_t``, accurate to float32's relative precision for every ``p_t``.
 
-    ``[..., C], [...], [...] -> [...]``. ``log p_t`` carries an absolute error of about
-    ``eps * max|logit|``, so ``1 - exp(log p_t)`` loses relative precision as ``p_t -> 1`` (6.6e-5
-    at ``1 - p_t = 0.005``); there the other classes' summed probability is used instead. Below
+    ``[..., C], [...], [...] -> [...]``. Near ``p_t = 1``, ``log p_t`` holds the rounding of
+    ``log(1 + others)`` (about float32's eps, absolute), so ``1 - exp(log p_t)`` loses relative
+    precision as ``p_t -> 1`` (6.6e-5 at ``1 - p_t = 0.005``, all of it at ``1e-6``); there the
+    other classes' summed probability is used instead. Below
     ``p_t = 1/2`` that sum's gradient would cancel (``p_j - p_j (1 - p_t)``), so ``expm1`` is kept.
     """
     is_label = jnp.arange(log_probs.shape[-1]) == jnp.expand_dims(labels, -1)

@@ -8,7 +8,7 @@ import hypothesis
 from robust_losses_jax import xla_setup
 
 # Property tests draw the same examples on every run, so CI cannot go red on a new draw;
-# HYPOTHESIS_PROFILE=explore draws fresh ones (and a failure prints its seed to reproduce).
+# HYPOTHESIS_PROFILE=explore draws fresh ones (a failure prints its falsifying example).
 hypothesis.settings.register_profile("repeatable", derandomize=True)
 hypothesis.settings.register_profile("explore", derandomize=False)
 hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
