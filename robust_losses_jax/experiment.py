@@ -333,7 +333,7 @@ class Protocol:
 
 
 def in_sample(cfg, data, base_key) -> Protocol:
-    """``pt``: one model on every example; in-sample outputs, ``p_t`` tracked every epoch."""
+    """``pt``: one model on every example; in-sample outputs, ``p_t`` tracked in tested epochs."""
     given = data["given_label"]
     member = device_loop.Member(
         labels=given, rows=np.arange(len(given)), keys=_run_keys(base_key, None),

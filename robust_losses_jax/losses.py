@@ -11,11 +11,17 @@ Hyperparameters may be Python numbers or traced JAX values, so a schedule can ch
 ``tau`` inside a jitted train step without recompiling. Concrete values are checked against their
 domain (``ValueError`` naming the value and the allowed range); traced values cannot be checked.
 
-``p_t``, the softmax probability of the given label, is always ``exp(log p_t)`` with ``log p_t`` the
-negative of optax's integer-label cross-entropy (a stable logsumexp), never ``log(softmax)``: values
-and gradients stay finite for logits up to +-1e4 and for ``p_t`` that underflows to 0. Because
-``log p_t`` *is* optax's cross-entropy, ``power(gamma=0)``, ``cutoff(tau=0)`` and ``focal(gamma=0)``
-equal cross-entropy bit for bit.
+``p_t``, the softmax probability of the given label, is ``exp(log p_t)``, never ``log(softmax)``
+of a rounded probability: values and gradients stay finite for logits up to +-1e4 and for ``p_t``
+that underflows to 0. In ``cross_entropy``, ``focal``, ``power``, ``cutoff`` and ``gce``,
+``log p_t`` is the negative of optax's integer-label cross-entropy (a stable logsumexp), so
+``power(gamma=0)``, ``cutoff(tau=0)`` and ``focal(gamma=0)`` equal cross-entropy bit for bit. The
+losses with a ``1 - p_t`` term of their own (``sce``, ``mae``, ``nce_rce``, ``nce_mae``, ``poly1``)
+take ``log p_t`` from one log-softmax and compute ``1 - p_t`` as the other classes' summed
+probability where ``p_t > 1/2``, to keep float32's relative precision as ``p_t -> 1``.
+
+Labels index like numpy (``-1`` is the last class); a label outside ``[-C, C)`` or a NaN logit
+gives a NaN loss, never a silent 0, so the train step's finiteness check stops the run.
 """
 
 from __future__ import annotations
@@ -83,7 +89,10 @@ def _one_minus_p_t(log_probs: Array, log_pt: Array, labels: ArrayLike) -> Array:
     other classes' summed probability is used instead. Below
     ``p_t = 1/2`` that sum's gradient would cancel (``p_j - p_j (1 - p_t)``), so ``expm1`` is kept.
     """
-    is_label = jnp.arange(log_probs.shape[-1]) == jnp.expand_dims(labels, -1)
+    num_classes = log_probs.shape[-1]
+    # The label wrapped as `_take_label`'s gather wraps it (numpy indexing: -1 is the last class),
+    # so the mask and log p_t name the same class for every label the gather accepts.
+    is_label = jnp.arange(num_classes) == jnp.expand_dims(jnp.mod(labels, num_classes), -1)
     others = jnp.sum(jnp.where(is_label, 0.0, jnp.exp(log_probs)), axis=-1)
     return jnp.where(log_pt > -math.log(2.0), others, _one_minus_exp(log_pt))
 
@@ -187,7 +196,8 @@ def power(
     weight = jnp.exp(gamma * log_pt)
     if detach:
         weight = jax.lax.stop_gradient(weight)
-    keep = jax.lax.stop_gradient(jnp.exp(log_pt) >= tau)
+    # `not p_t < tau` rather than `p_t >= tau`: a NaN p_t (NaN logits) stays a NaN loss.
+    keep = jax.lax.stop_gradient(~(jnp.exp(log_pt) < tau))
     return jnp.where(keep, -weight * log_pt, 0.0)
 
 
@@ -199,7 +209,7 @@ def cutoff(logits: ArrayLike, labels: ArrayLike, *, tau: ArrayLike = 0.1) -> Arr
     """
     _check_hparams("cutoff", tau=tau)
     log_pt = log_p_t(logits, labels)
-    keep = jax.lax.stop_gradient(jnp.exp(log_pt) >= tau)
+    keep = jax.lax.stop_gradient(~(jnp.exp(log_pt) < tau))  # NaN stays NaN, as in `power`
     return jnp.where(keep, -log_pt, 0.0)
 
 

@@ -352,8 +352,8 @@ def test_extreme_logits_are_finite(name, hp, dtype):
 def test_one_minus_p_t_keeps_its_relative_precision_as_p_t_nears_one(name, hp):
     """Large logits and ``1 - p_t`` from 1e-6 to 1: MAE and RCE within 1e-5 of float64.
 
-    ``log p_t`` is only known to about ``eps * max|logit|``, so ``1 - exp(log p_t)`` is off by
-    up to 1e-1 here at the confident end (-log p_t itself keeps that absolute error).
+    ``log p_t`` is only known to about ``eps * max|logit|``, so ``1 - exp(log p_t)`` has a relative
+    error up to 1.0 here at the confident end (-log p_t itself keeps that absolute error).
     """
     margins = np.linspace(0.0, 16.0, 33, dtype=np.float32)  # 1 - p_t ~ 9 e^-margin.
     logits = np.full((33, 10), 50.0, np.float32)
@@ -362,6 +362,23 @@ def test_one_minus_p_t_keeps_its_relative_precision_as_p_t_nears_one(name, hp):
     fn = losses.get_loss(name, **hp)
     np.testing.assert_allclose(fn(logits, labels), np_loss(name, logits, labels, **hp), rtol=1e-5)
     chex.assert_tree_all_finite(jax.grad(lambda x: fn(x, labels).sum())(logits))
+
+
+@pytest.mark.parametrize("name", CANONICAL)
+def test_labels_index_like_numpy_and_nan_propagates(name):
+    """A label in ``[-C, 0)`` names the class numpy indexing gives it, in every term of the loss
+    (the ``1 - p_t`` terms once masked another class than ``log p_t``); a label outside
+    ``[-C, C)`` and a NaN logit give a NaN loss, never a silent 0 (``power``/``cutoff``'s
+    ``p_t >= tau`` mask once dropped them)."""
+    logits, labels = random_logits(11, (16, 5))
+    fn = losses.get_loss(name, **OTHER_HPARAMS[name])
+    np.testing.assert_array_equal(fn(logits, labels - 5), fn(logits, labels))
+    out_of_range = np.asarray(fn(logits, np.where(np.arange(16) % 2 == 0, 5, -6)))
+    assert np.all(np.isnan(out_of_range)), out_of_range
+    with_nan = logits.copy()
+    with_nan[3, 1] = np.nan
+    values = np.asarray(fn(with_nan, labels))
+    assert np.isnan(values[3]) and np.all(np.isfinite(np.delete(values, 3))), values
 
 
 def test_p_t_is_exp_of_log_softmax():
