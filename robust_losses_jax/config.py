@@ -67,7 +67,7 @@ class Config:
     data_placement: str = "auto"
     # Train the models of a protocol (CL folds, AUM runs) one after another instead of vmapped.
     sequential: bool = False
-    # Test accuracy (and, with known corruption, the training rows' p_t and detection scores)
+    # Test accuracy (and, for --detector=pt, the training rows' p_t and detection scores)
     # every N epochs, and checkpoints every N epochs (both after the last epoch too). Neither
     # changes what is trained; fewer of them cut per-epoch costs that a stack of models pays
     # once but sequential runs pay per model. A run resumes from its last checkpoint.

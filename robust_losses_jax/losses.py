@@ -97,6 +97,15 @@ def _one_minus_p_t(log_probs: Array, log_pt: Array, labels: ArrayLike) -> Array:
     return jnp.where(log_pt > -math.log(2.0), others, _one_minus_exp(log_pt))
 
 
+def _kept(log_pt: Array, tau: ArrayLike) -> Array:
+    """The examples ``power`` and ``cutoff`` keep, ``[...]`` bool, with no gradient.
+
+    ``not p_t < tau`` rather than ``p_t >= tau``: a NaN ``p_t`` (a NaN logit, a label outside
+    ``[-C, C)``) is kept, so the loss is NaN rather than a silent 0.
+    """
+    return jax.lax.stop_gradient(~(jnp.exp(log_pt) < tau))
+
+
 def _safe_pow(base: Array, exponent: ArrayLike) -> Array:
     """``base ** exponent`` for ``base >= 0`` with finite gradients at ``base == 0``.
 
@@ -196,9 +205,7 @@ def power(
     weight = jnp.exp(gamma * log_pt)
     if detach:
         weight = jax.lax.stop_gradient(weight)
-    # `not p_t < tau` rather than `p_t >= tau`: a NaN p_t (NaN logits) stays a NaN loss.
-    keep = jax.lax.stop_gradient(~(jnp.exp(log_pt) < tau))
-    return jnp.where(keep, -weight * log_pt, 0.0)
+    return jnp.where(_kept(log_pt, tau), -weight * log_pt, 0.0)
 
 
 def cutoff(logits: ArrayLike, labels: ArrayLike, *, tau: ArrayLike = 0.1) -> Array:
@@ -209,8 +216,7 @@ def cutoff(logits: ArrayLike, labels: ArrayLike, *, tau: ArrayLike = 0.1) -> Arr
     """
     _check_hparams("cutoff", tau=tau)
     log_pt = log_p_t(logits, labels)
-    keep = jax.lax.stop_gradient(~(jnp.exp(log_pt) < tau))  # NaN stays NaN, as in `power`
-    return jnp.where(keep, -log_pt, 0.0)
+    return jnp.where(_kept(log_pt, tau), -log_pt, 0.0)
 
 
 def gce(logits: ArrayLike, labels: ArrayLike, *, q: ArrayLike = 0.7) -> Array:
