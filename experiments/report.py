@@ -22,6 +22,7 @@ import json
 import sys
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -113,6 +114,33 @@ def suspected_errors(run: Path, out: Path, data_dir: str | None, top: int = 24) 
     )
     fig.tight_layout()
     return _save(fig, out / f"{run.name}_suspected_errors.png")
+
+
+def label_issues_grid(
+    images: np.ndarray, issues: Any, path: Path, top: int = 48, title: str = ""
+) -> Path:
+    """The ``top`` most suspect examples of an audit (``audit.LabelIssues``) as an image grid,
+    each titled with its index, given and suggested class (red: flagged by Confident Learning)."""
+    order = issues.top(min(top, len(issues.ranking)))
+    names = issues.class_names
+    plt = _pyplot()
+    cols = 8
+    rows = max(1, int(np.ceil(len(order) / cols)))
+    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 2.3 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, order, strict=False):
+        image = images[i]
+        ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray")
+        ax.set_title(
+            f"#{i} q={issues.label_quality[i]:.2g}\ngiven {names[issues.given_label[i]]}\n"
+            f"suggested {names[issues.suggested_label[i]]}",
+            fontsize=7,
+            color="tab:red" if issues.is_label_issue[i] else "black",
+        )
+    fig.suptitle(title or f"top {len(order)} suspected label errors (red: flagged)")
+    fig.tight_layout()
+    return _save(fig, path)
 
 
 def detection_per_epoch(runs: list[Path], out: Path) -> Path | None:

@@ -21,6 +21,7 @@ from robust_losses_jax import xla_setup
 
 xla_setup.configure_cpu()  # Before JAX starts its backends (see xla_setup).
 
+from robust_losses_jax import user_data  # noqa: E402
 from robust_losses_jax.config import Config  # noqa: E402
 
 LOSS_FLAGS = ("gamma", "tau", "q", "alpha", "beta", "epsilon", "min_prob", "label_clamp")
@@ -31,7 +32,14 @@ def build_parser() -> argparse.ArgumentParser:
     d = Config()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add = p.add_argument
-    add("--dataset", default=d.dataset, help="tfds name: fashion_mnist, mnist, cifar10, ...")
+    add(
+        "--dataset",
+        default=d.dataset,
+        help="a tfds name (fashion_mnist, mnist, cifar10, ...); npz:PATH (train_images uint8 "
+        "[N, H, W(, C)], train_labels; optional num_classes or class_names, test_images, "
+        "test_labels); or folder:PATH (one sub-folder per class of PNG/JPEG files: "
+        f"{user_data.FOLDER_RULE})",
+    )
     add("--model", default=d.model, help="small_cnn, mlp, resnet18, resnet34, resnet50")
     add("--loss", default=d.loss, help="ce, focal, power, cutoff, gce, sce, nce_rce, ...")
     for name in LOSS_FLAGS:

@@ -325,7 +325,8 @@ def results_markdown(rows: list[dict]) -> str:
         group = groups[key]
         cells = []
         for metric in METRICS:
-            values = np.array([float(r[metric]) for r in group])
+            values = np.array([np.nan if r[metric] in (None, "") else float(r[metric])
+                               for r in group])  # fmt: skip
             cells.append(f"{values.mean():.3f} ± {values.std():.3f}")
         hp = ",".join(f"{k}={v:g}" for k, v in json.loads(hparams).items())
         name = f"{loss} {hp}" if hp else loss

@@ -49,7 +49,7 @@ from robust_losses_jax import (
     metrics,
     train,
 )
-from robust_losses_jax.records import atomic_write, is_writer, write_json
+from robust_losses_jax.records import atomic_write, is_writer, strict_json, write_json
 from robust_losses_jax.trainer import (
     Fitted,
     fit,
@@ -89,7 +89,7 @@ def load_splits(cfg: config_lib.Config, data_dir: str | None) -> tuple[Any, Any]
     """``(train, test)`` splits of ``cfg.dataset`` (the whole training split: see below)."""
     return (
         input_pipeline.load_split(cfg.dataset, "train", data_dir),
-        input_pipeline.load_split(cfg.dataset, "test", data_dir, cfg.test_size),
+        input_pipeline.load_split(cfg.dataset, "test", data_dir, cfg.test_size, missing_ok=True),
     )
 
 
@@ -546,6 +546,7 @@ def train_and_evaluate(
     progress: bool = True,
     devices: list | None = None,
     log: Callable[[str], None] = print,
+    splits: tuple[input_pipeline.Split, input_pipeline.Split] | None = None,
 ) -> dict[str, Any]:
     """Train on noisy labels, then score detection of the corrupted examples.
 
@@ -563,6 +564,8 @@ def train_and_evaluate(
       progress: show progress bars.
       devices: devices to run on (default: all local devices).
       log: where one-line messages go.
+      splits: ``(train, test)`` already loaded (arrays in memory, a folder read once); default:
+        ``cfg.dataset``'s.
 
     Returns:
       The summary (also written to ``summary.json``).
@@ -572,7 +575,7 @@ def train_and_evaluate(
         log, progress = (lambda _: None), False
     workdir = Path(workdir)
     _start_run(cfg, workdir, resume=resume, overwrite=overwrite, num_devices=len(devices))
-    data = noisy_training_data(cfg, data_dir)
+    data = noisy_training_data(cfg, data_dir, splits)
     fit_run = _fit_run(cfg, data, workdir, resume=resume, progress=progress, devices=devices,
                        log=log)  # fmt: skip
     protocol = protocol_for(cfg, data, workdir, jax.random.key(cfg.seed), log)
@@ -692,6 +695,12 @@ def summarise(cfg, workdir: Path, data, predictions, extra, *, num_devices: int,
     for name in ("confident_learning", "aum"):
         if name in extra:
             detection_scores[name] = extra.pop(name)
+    if not is_corrupted.any():  # Nothing injected: no ground truth to score the flags against.
+        detection_scores = {
+            name: {"num_flagged": scores["num_flagged"]}
+            for name, scores in detection_scores.items()
+            if "num_flagged" in scores
+        }
     summary = {
         "detector": cfg.detector,
         "test_accuracy": extra.pop("test_accuracy"),
@@ -708,15 +717,27 @@ def summarise(cfg, workdir: Path, data, predictions, extra, *, num_devices: int,
         "epochs": cfg.epochs,
         "devices": num_devices,
     }
+    if not is_corrupted.any():
+        summary["memorised_fraction"] = None  # Of no corrupted examples: undefined.
+    summary = strict_json(summary)  # NaN (undefined) values are None, as in the file.
     write_json(workdir / "summary.json", summary)
     return summary
 
 
 def one_line_summary(cfg: config_lib.Config, summary: dict[str, Any]) -> str:
     det = summary["detection"]
+    test = summary["test_accuracy"]
+    test_text = "no test split" if test is None else f"test acc {test:.4f}"
+    if not summary["num_corrupted"]:
+        flagged = ", ".join(f"{name} {scores['num_flagged']}" for name, scores in det.items())
+        return (
+            f"{cfg.loss} {cfg.loss_hparams or ''} on {cfg.dataset}: {test_text}; no injected "
+            f"label errors to score against (--noise-rate=0); flagged of "
+            f"{summary['num_train']}: {flagged}"
+        )
     return (
         f"{cfg.loss} {cfg.loss_hparams or ''} on {cfg.dataset} ({cfg.noise_kind} "
-        f"{cfg.noise_rate:g}): test acc {summary['test_accuracy']:.4f}; detection F1 "
+        f"{cfg.noise_rate:g}): {test_text}; detection F1 "
         f"argmax!=given {det['argmax_neq_given']['f1']:.3f}, "
         f"p_t<{cfg.pt_threshold:g} {det[f'pt_below_{cfg.pt_threshold:g}']['f1']:.3f}; "
         f"AUROC {det['ranking_1_minus_pt']['auroc']:.3f}"

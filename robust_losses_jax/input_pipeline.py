@@ -82,6 +82,23 @@ def _prepare_lock(data_dir: str, name: str):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+# Where tfds keeps its prepared datasets: reachable, or a download would only retry for minutes.
+_DOWNLOAD_PROBE = ("storage.googleapis.com", 443)
+
+
+def _network_reachable(timeout: float = 3.0) -> bool:
+    """Whether a download can start: a proxy is configured, or tfds's storage answers at once."""
+    import socket
+
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    try:
+        socket.create_connection(_DOWNLOAD_PROBE, timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
 def load_builder(name: str, data_dir: str | None = None):
     """A prepared tfds builder for ``name``, preparing it first if needed.
 
@@ -111,6 +128,12 @@ def load_builder(name: str, data_dir: str | None = None):
     with _prepare_lock(data_dir, name):
         if builder.is_prepared():  # Another process prepared it while we waited.
             return builder
+        if local_cls is None and not _network_reachable():
+            raise DatasetUnavailableError(
+                f"Dataset {name!r} is not prepared in {data_dir} and cannot be downloaded "
+                f"(no network). To use it: run once with internet, or copy a prepared tfds "
+                f"'{name}' into {data_dir}."
+            )
         try:
             builder.download_and_prepare()
         except FileNotFoundError as error:
@@ -128,79 +151,17 @@ def load_builder(name: str, data_dir: str | None = None):
     return builder
 
 
-# ``--dataset=npz:PATH``: the user's own data, a NumPy .npz file.
-USER_DATA_PREFIX = "npz:"
-
-
-def load_user_split(path: str, split: str) -> Split:
-    """A split of the user's own dataset, ``npz:PATH``: checked, then as host arrays.
-
-    The file holds ``{split}_images`` (uint8 ``[N, H, W, C]`` or ``[N, H, W]``),
-    ``{split}_labels`` (integers ``[N]``) for ``train`` and ``test``, and ``num_classes`` (or
-    ``class_names``, ``[C]`` strings). ``ValueError`` (one line naming the file, the array and
-    the bad value) for a missing array, a wrong shape or dtype, or a label outside ``[0, C)``.
-    """
-    try:
-        data = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as error:
-        raise ValueError(
-            f"--dataset=npz:{path}: cannot read it as a .npz file ({error})."
-        ) from None
-    with data:
-        if split not in ("train", "test"):
-            raise ValueError(f"npz:{path} has splits 'train' and 'test', not {split!r}.")
-        has_classes = bool({"num_classes", "class_names"} & set(data.files))
-        missing = [k for k in (f"{split}_images", f"{split}_labels") if k not in data.files]
-        missing += [] if has_classes else ["num_classes"]
-        if missing:
-            raise ValueError(
-                f"npz:{path} lacks {', '.join(missing)}; it needs train_images, train_labels, "
-                f"test_images, test_labels and num_classes (or class_names); has {data.files}."
-            )
-        images, labels = data[f"{split}_images"], data[f"{split}_labels"]
-        if "class_names" in data.files:
-            names = tuple(str(x) for x in data["class_names"])
-        else:
-            names = tuple(str(i) for i in range(int(data["num_classes"])))
-    num_classes = len(names)
-    if images.ndim == 3:
-        images = images[..., None]
-    if images.dtype != np.uint8 or images.ndim != 4:
-        raise ValueError(
-            f"npz:{path}: {split}_images must be uint8 [N, H, W, C] or [N, H, W]; got "
-            f"{images.dtype} {list(images.shape)}."
-        )
-    if (
-        labels.ndim != 1
-        or len(labels) != len(images)
-        or not np.issubdtype(labels.dtype, np.integer)
-    ):
-        raise ValueError(
-            f"npz:{path}: {split}_labels must be integers [{len(images)}] (one per image); got "
-            f"{labels.dtype} {list(labels.shape)}."
-        )
-    bad = (labels < 0) | (labels >= num_classes)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise ValueError(
-            f"npz:{path}: {split}_labels[{i}] = {int(labels[i])} is outside [0, {num_classes}) "
-            f"({int(bad.sum())} labels are)."
-        )
-    if num_classes < 2:
-        raise ValueError(f"npz:{path}: num_classes {num_classes} must be >= 2.")
-    return Split(images=images, labels=labels.astype(np.int32), num_classes=num_classes,
-                 class_names=names)  # fmt: skip
-
-
 def check_dataset(name: str, data_dir: str | None = None) -> None:
     """Refuse, before any work, a dataset the runner cannot use (``ValueError``, one line).
 
-    Known names and tfds builders pass (nothing is downloaded); ``npz:PATH`` is read and both
-    splits checked (:func:`load_user_split`).
+    Known names and tfds builders pass (nothing is downloaded); ``npz:PATH`` and
+    ``folder:PATH`` are read and checked (:mod:`robust_losses_jax.user_data`).
     """
-    if name.startswith(USER_DATA_PREFIX):
+    from robust_losses_jax import user_data
+
+    if user_data.is_user_dataset(name):
         for split in ("train", "test"):
-            load_user_split(name.removeprefix(USER_DATA_PREFIX), split)
+            user_data.load_split(name, split)
         return
     if name in KNOWN_DATASETS:
         return
@@ -211,30 +172,45 @@ def check_dataset(name: str, data_dir: str | None = None) -> None:
     except Exception:  # tfds raises several types for unknown names; it downloads nothing here.
         raise ValueError(
             f"Unknown dataset {name!r} (--dataset); choose from {', '.join(KNOWN_DATASETS)}, "
-            "npz:PATH (your own data), or any tfds image-classification dataset."
+            "npz:PATH or folder:PATH (your own data), or any tfds image-classification dataset."
         ) from None
 
 
 def load_split(
-    name: str, split: str, data_dir: str | None = None, num_examples: int | None = None
+    name: str,
+    split: str,
+    data_dir: str | None = None,
+    num_examples: int | None = None,
+    *,
+    missing_ok: bool = False,
 ) -> Split:
     """A whole split (or its first ``num_examples``) in canonical order, as host arrays.
 
     Args:
       name: a tfds image-classification dataset with ``image`` and ``label`` features, or
-        ``npz:PATH`` (:func:`load_user_split`).
+        ``npz:PATH`` or ``folder:PATH`` (:mod:`robust_losses_jax.user_data`).
       split: ``'train'`` or ``'test'`` (any tfds split name).
       data_dir: tfds data directory (default ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``).
       num_examples: keep the first N examples only.
+      missing_ok: a split the dataset lacks is an empty :class:`Split` instead of an error (a
+        dataset without a test split).
     """
-    if name.startswith(USER_DATA_PREFIX):
-        return load_user_split(name.removeprefix(USER_DATA_PREFIX), split).take(num_examples)
+    from robust_losses_jax import user_data
+
+    if user_data.is_user_dataset(name):
+        loaded = user_data.load_split(name, split)
+        if not num_examples or not len(loaded):
+            return loaded
+        return loaded.take(min(num_examples, len(loaded)))
     import tensorflow_datasets as tfds
 
     builder = load_builder(name, data_dir)
     features = builder.info.features
     if "image" not in features or "label" not in features:
         raise ValueError(f"Dataset {name!r} has no 'image'/'label' features: {list(features)}.")
+    if split not in builder.info.splits and missing_ok:
+        train = load_split(name, "train", data_dir, 1)
+        return dataclasses.replace(train, images=train.images[:0], labels=train.labels[:0])
     if split not in builder.info.splits:
         raise ValueError(f"Dataset {name!r} has no split {split!r}: {list(builder.info.splits)}.")
     tfds_split = split if num_examples is None else f"{split}[:{num_examples}]"

@@ -53,14 +53,40 @@ def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "w") -> N
         raise
 
 
+def strict_json(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float (NumPy scalars too) as ``None``, for strict JSON.
+
+    A value that is undefined (the F1 of a detector with nothing to find, the test accuracy of
+    a dataset without a test split) is ``null`` in the project's JSON files, never ``NaN``.
+    """
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [strict_json(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return strict_json(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+
+
+def dumps(obj: Any, **kwargs: Any) -> str:
+    """Strict JSON text of ``obj`` (:func:`strict_json`; ``allow_nan=False`` checks it)."""
+    return json.dumps(strict_json(obj), allow_nan=False, sort_keys=True, **kwargs)
+
+
 def write_json(path: Path, obj: Any) -> None:
-    atomic_write(path, lambda f: json.dump(obj, f, indent=2, sort_keys=True))
+    text = dumps(obj, indent=2)
+    atomic_write(path, lambda f: f.write(text))
 
 
 def append_jsonl(path: Path, obj: Any) -> None:
     """Append one line, rewriting the file atomically (it is one line per epoch: small)."""
     old = Path(path).read_text() if Path(path).exists() else ""
-    atomic_write(path, lambda f: f.write(old + json.dumps(obj, sort_keys=True) + "\n"))
+    line = dumps(obj)
+    atomic_write(path, lambda f: f.write(old + line + "\n"))
 
 
 def epochs_dir(path: Path) -> Path:

@@ -259,6 +259,8 @@ def fit(
     member_labels = np.stack([m.labels for m in members])
 
     def test_accuracy(states) -> np.ndarray:
+        if not len(test_labels):  # A dataset without a test split: undefined (null in JSON).
+            return np.full(num_members, np.nan)
         labels = np.broadcast_to(test_labels, (num_members, len(test_labels)))
         logits = outputs(states, test_images, labels)["logits"][..., :real_classes]
         return np.mean(logits.argmax(-1) == test_labels[None], axis=1)

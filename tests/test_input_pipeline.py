@@ -155,8 +155,8 @@ def test_user_data_from_an_npz_file(tmp_path):
      ({"train_labels": np.zeros(29, int)}, r"train_labels must be integers \[30\]"),
      ({"train_labels": np.zeros(30)}, r"must be integers"),
      ({"train_images": np.zeros((30, 6, 6), np.float32)}, r"train_images must be uint8"),
-     ({"test_images": None}, r"lacks test_images"),
-     ({"class_names": None}, r"lacks num_classes")],
+     ({"test_images": None}, r"has only one of test_images and test_labels"),
+     ({"train_images": None}, r"lacks train_images")],
 )  # fmt: skip
 def test_bad_user_data_names_the_array_and_the_value(tmp_path, overrides, message):
     name = _write_npz(tmp_path / "bad.npz", **overrides)

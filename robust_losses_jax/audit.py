@@ -1,0 +1,283 @@
+"""Finding the label errors in a dataset: every example ranked, the likely errors flagged.
+
+Two entry points:
+
+- :func:`rank_label_issues` takes out-of-sample predicted probabilities ``[N, C]`` (from this
+  project's K-fold training or any other tool) and returns a :class:`LabelIssues`.
+- :func:`find_label_issues` takes images and labels in memory, trains the K fold models itself
+  (fresh model per fold, stacked on the accelerator), then ranks.
+
+Semantics follow cleanlab's: ``is_label_issue`` is ``cleanlab.filter.find_label_issues(labels,
+pred_probs, filter_by=...)`` (Confident Learning, :func:`detection.confident_learning`) and
+``label_quality`` is ``cleanlab.rank.get_label_quality_scores(labels, pred_probs,
+method="self_confidence")``: the probability of the given label, in ``[0, 1]``, lower = more
+likely mislabelled. Examples are ordered by it, ties broken by the margin of the given label
+over the best other class (in logits when the model's are known, else in log-probabilities),
+which does not saturate where ``p_t`` rounds to 0.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from robust_losses_jax import config as config_lib
+from robust_losses_jax import detection
+
+# The audit's defaults where they differ from the runner's (``config.Config``): nothing
+# injected, every example, K-fold Confident Learning, and the loss the project's measured
+# results favour for it (docs/results/README.md).
+AUDIT_DEFAULTS: dict[str, Any] = {
+    "noise_rate": 0.0,
+    "train_size": None,
+    "detector": "cl",
+    "loss": "power",
+    "loss_hparams": {"gamma": 0.5},
+}
+CSV_COLUMNS = ("rank", "index", "given_label", "suggested_label", "label_quality", "margin",
+               "is_label_issue", "given_name", "suggested_name")  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelIssues:
+    """Every example of a dataset, scored for being mislabelled.
+
+    Attributes:
+      given_label: int ``[N]``, the labels as given.
+      suggested_label: int ``[N]``, the most probable class.
+      label_quality: float ``[N]`` in ``[0, 1]``: the probability of the given label (cleanlab's
+        self-confidence); lower = more likely mislabelled.
+      margin: float ``[N]``: the given label's logit (or log-probability) minus the best other
+        class's; breaks ties of ``label_quality``.
+      is_label_issue: bool ``[N]``, Confident Learning's flag.
+      ranking: int ``[N]``, example indices, most suspect first.
+      pred_probs: float ``[N, C]``, the (out-of-sample) probabilities ranked.
+      noise_rate_per_class: float ``[C]``: estimated fraction of each given class that is
+        mislabelled (the calibrated confident joint, off-diagonal share of its row; NaN for a
+        class with no examples).
+      estimated_noise_rate: the same over the whole dataset.
+      class_names: ``C`` names (``str(k)`` where none are known).
+    """
+
+    given_label: np.ndarray
+    suggested_label: np.ndarray
+    label_quality: np.ndarray
+    margin: np.ndarray
+    is_label_issue: np.ndarray
+    ranking: np.ndarray
+    pred_probs: np.ndarray
+    noise_rate_per_class: np.ndarray
+    estimated_noise_rate: float
+    class_names: tuple[str, ...]
+
+    @property
+    def num_issues(self) -> int:
+        return int(self.is_label_issue.sum())
+
+    def top(self, k: int) -> np.ndarray:
+        """The ``k`` most suspect example indices."""
+        return self.ranking[:k]
+
+
+def log_margin(pred_probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """float64 ``[N]``: ``log p_t - log max_{k != t} p_k`` (``-inf`` where ``p_t`` is 0)."""
+    probs = np.asarray(pred_probs, np.float64)
+    n = len(labels)
+    others = probs.copy()
+    others[np.arange(n), labels] = -np.inf
+    with np.errstate(divide="ignore"):
+        return np.log(probs[np.arange(n), labels]) - np.log(others.max(axis=1))
+
+
+def suspicion_order(label_quality: np.ndarray, margin: np.ndarray) -> np.ndarray:
+    """Indices by ``label_quality`` ascending, ties by ``margin`` ascending, then by index."""
+    return np.lexsort((np.arange(len(label_quality)), margin, label_quality))
+
+
+def rank_label_issues(
+    labels: Any,
+    pred_probs: Any,
+    *,
+    filter_by: str = "prune_by_noise_rate",
+    margin: Any | None = None,
+    is_label_issue: Any | None = None,
+    class_names: Sequence[str] | None = None,
+) -> LabelIssues:
+    """Rank and flag every example from its (out-of-sample) predicted probabilities.
+
+    Args:
+      labels: ``[N]`` given labels in ``[0, C)``.
+      pred_probs: ``[N, C]`` out-of-sample probabilities, rows summing to 1.
+      filter_by: Confident Learning's rule (:data:`detection.FILTER_BY`; cleanlab's default).
+      margin: ``[N]`` logit margins of the given label, when the model's logits are known (the
+        tie-break of the ranking); default: from ``pred_probs`` (:func:`log_margin`).
+      is_label_issue: ``[N]`` flags of another detector (AUM) instead of Confident Learning's.
+      class_names: ``C`` names.
+
+    Raises:
+      ValueError: one line naming the bad value (labels out of range, a wrong shape, rows that
+        do not sum to 1).
+    """
+    flagged, _ = detection.confident_learning(labels, pred_probs, filter_by=filter_by)
+    labels = np.asarray(labels).astype(np.int64)
+    probs = np.asarray(pred_probs)
+    n, num_classes = probs.shape
+    quality = probs[np.arange(n), labels].astype(np.float64)
+    margin = log_margin(probs, labels) if margin is None else np.asarray(margin, np.float64)
+    if is_label_issue is not None:
+        flagged = np.asarray(is_label_issue, bool)
+    joint = detection.confident_joint(labels, probs).astype(np.float64)
+    row_total = joint.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_class = 1.0 - np.diag(joint) / row_total
+    names = tuple(class_names) if class_names is not None else ()
+    if len(names) != num_classes:
+        names = tuple(str(k) for k in range(num_classes))
+    return LabelIssues(
+        given_label=labels,
+        suggested_label=probs.argmax(axis=1),
+        label_quality=quality,
+        margin=margin,
+        is_label_issue=flagged,
+        ranking=suspicion_order(quality, margin),
+        pred_probs=probs,
+        noise_rate_per_class=per_class,
+        estimated_noise_rate=float(1.0 - np.trace(joint) / joint.sum()),
+        class_names=names,
+    )
+
+
+def issues_csv(issues: LabelIssues) -> str:
+    """The table of ``label_issues.csv``: one row per example, most suspect first."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    names = issues.class_names
+    for rank, i in enumerate(issues.ranking):
+        given, suggested = int(issues.given_label[i]), int(issues.suggested_label[i])
+        margin = float(issues.margin[i])
+        writer.writerow([
+            rank, int(i), given, suggested, f"{issues.label_quality[i]:.6g}",
+            f"{margin:.6g}" if np.isfinite(margin) else "", int(issues.is_label_issue[i]),
+            names[given], names[suggested],
+        ])  # fmt: skip
+    return out.getvalue()
+
+
+def audit_config(**overrides: Any) -> config_lib.Config:
+    """The audit's configuration: the runner's defaults, :data:`AUDIT_DEFAULTS`, ``overrides``."""
+    return config_lib.Config(**{**AUDIT_DEFAULTS, **overrides})
+
+
+def find_label_issues(
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    num_classes: int | None = None,
+    class_names: Sequence[str] | None = None,
+    test_images: np.ndarray | None = None,
+    test_labels: np.ndarray | None = None,
+    config: config_lib.Config | None = None,
+    workdir: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = False,
+    log: Callable[[str], None] = lambda _: None,
+) -> LabelIssues:
+    """Train the K fold models on ``images`` and find the likely label errors among ``labels``.
+
+    Args:
+      images: uint8 ``[N, H, W]`` or ``[N, H, W, C]``.
+      labels: ``[N]`` integers in ``[0, num_classes)``.
+      num_classes: default: the largest label plus one (or ``len(class_names)``).
+      class_names: names of the classes, for the table.
+      test_images, test_labels: an optional clean test split (its accuracy goes to the run's
+        ``summary.json``).
+      config: the settings (default :func:`audit_config`: K-fold Confident Learning with the
+        favoured loss); its ``dataset`` is only a name here.
+      workdir: where the run's files go (checkpoints, folds, predictions); default: a temporary
+        directory, removed afterwards.
+      resume: continue a killed run in ``workdir``.
+
+    Returns:
+      :class:`LabelIssues`, ranked on the out-of-sample probabilities (``config.detector="cl"``)
+      or the in-sample ones (``"pt"``, which see their own labels: weaker).
+    """
+    from robust_losses_jax import experiment, input_pipeline
+
+    images = np.asarray(images)
+    images = images[..., None] if images.ndim == 3 else images
+    labels = np.asarray(labels)
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be integers, got dtype {labels.dtype}.")
+    if num_classes is None:
+        num_classes = len(class_names) if class_names else int(labels.max()) + 1
+    names = tuple(class_names) if class_names else tuple(str(k) for k in range(num_classes))
+    train = input_pipeline.Split(images, labels.astype(np.int32), num_classes, names)
+    check_training_split(train, where="images/labels")
+    if test_images is None:
+        test = input_pipeline.Split(images[:0], train.labels[:0], num_classes, names)
+    else:
+        test_images = np.asarray(test_images)
+        test_images = test_images[..., None] if test_images.ndim == 3 else test_images
+        test = input_pipeline.Split(test_images, np.asarray(test_labels, np.int32), num_classes,
+                                    names)  # fmt: skip
+    cfg = config or audit_config(dataset="arrays")
+    check_folds(train, cfg)
+    with tempfile.TemporaryDirectory() as scratch:
+        run_dir = Path(workdir) if workdir is not None else Path(scratch)
+        experiment.train_and_evaluate(
+            cfg, run_dir, resume=resume, progress=progress, log=log, splits=(train, test),
+        )  # fmt: skip
+        return issues_from_run(run_dir, cfg, names)
+
+
+def issues_from_run(run_dir: Path, cfg: config_lib.Config, class_names: Sequence[str]):
+    """:class:`LabelIssues` from a finished run's ``predictions.npz``."""
+    with np.load(Path(run_dir) / "predictions.npz") as pred:
+        flags = pred["is_flagged_aum"] if cfg.detector == "aum" else None
+        return rank_label_issues(
+            pred["given_label"], pred["probs"], filter_by=cfg.cl_filter_by,
+            margin=pred["margin"], is_label_issue=flags, class_names=class_names,
+        )  # fmt: skip
+
+
+def check_training_split(split: Any, *, where: str) -> None:
+    """Refuse (one ``ValueError`` line) images and labels an audit cannot use."""
+    images, labels = split.images, split.labels
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise ValueError(
+            f"{where}: images must be uint8 [N, H, W] or [N, H, W, C]; got {images.dtype} "
+            f"{list(images.shape)}."
+        )
+    if labels.shape != (len(images),):
+        raise ValueError(
+            f"{where}: {len(images)} images but labels of shape {list(labels.shape)}; pass one "
+            "label per image."
+        )
+    bad = (labels < 0) | (labels >= split.num_classes)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            f"{where}: label[{i}] = {int(labels[i])} is outside [0, {split.num_classes})."
+        )
+
+
+def check_folds(split: Any, cfg: config_lib.Config) -> None:
+    """K-fold Confident Learning needs every class to have at least ``cfg.folds`` examples."""
+    if cfg.detector != "cl":
+        return
+    counts = np.bincount(split.labels, minlength=split.num_classes)
+    small = [k for k in range(split.num_classes) if 0 < counts[k] < cfg.folds]
+    if small:
+        k = small[0]
+        raise ValueError(
+            f"class {split.class_names[k]!r} has {counts[k]} example(s), fewer than the "
+            f"{cfg.folds} folds (--folds); use fewer folds or drop the class."
+        )

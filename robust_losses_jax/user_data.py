@@ -1,0 +1,207 @@
+"""The user's own data: a NumPy ``.npz`` file or a folder of images, read into host splits.
+
+Two dataset specs name them (``--dataset=SPEC``):
+
+- ``npz:PATH``: ``train_images`` uint8 ``[N, H, W]`` or ``[N, H, W, C]`` and ``train_labels``
+  (integers ``[N]``) are required. ``num_classes`` or ``class_names`` (``[C]`` strings) are
+  optional: without them ``C`` is the largest label plus one. ``test_images``/``test_labels``
+  are optional: without them the test split is empty.
+- ``folder:PATH``: one sub-folder per class (ImageFolder layout), class names from the folder
+  names in sorted order, image files (PNG, JPEG, BMP, GIF, WebP) inside; other files are
+  ignored. Images are converted to one shape by a fixed rule (:data:`FOLDER_RULE`). There is no
+  test split.
+
+Every problem is one ``ValueError`` line naming the file, the array or folder, and the bad value.
+"""
+
+from __future__ import annotations
+
+import collections
+from pathlib import Path
+
+import numpy as np
+
+from robust_losses_jax.input_pipeline import Split
+
+NPZ_PREFIX = "npz:"
+FOLDER_PREFIX = "folder:"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+FOLDER_RULE = (
+    "every image becomes grayscale when all of them are (else RGB, alpha dropped) and is "
+    "resized (bilinear) to the most common height x width among them (ties: the larger)"
+)
+
+
+def is_user_dataset(name: str) -> bool:
+    return name.startswith((NPZ_PREFIX, FOLDER_PREFIX))
+
+
+def load_split(name: str, split: str) -> Split:
+    """``split`` (``'train'`` or ``'test'``) of ``npz:PATH`` or ``folder:PATH``.
+
+    A missing test split is an empty :class:`Split` with the training images' shape.
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"{name} has splits 'train' and 'test', not {split!r}.")
+    if name.startswith(NPZ_PREFIX):
+        return load_npz_split(name.removeprefix(NPZ_PREFIX), split)
+    if name.startswith(FOLDER_PREFIX):
+        train = load_folder(name.removeprefix(FOLDER_PREFIX))
+        return train if split == "train" else _empty_like(train)
+    raise ValueError(f"{name!r} is not npz:PATH or folder:PATH.")
+
+
+def _empty_like(split: Split) -> Split:
+    return Split(
+        images=np.zeros((0, *split.images.shape[1:]), np.uint8),
+        labels=np.zeros((0,), np.int32),
+        num_classes=split.num_classes,
+        class_names=split.class_names,
+    )
+
+
+def _check_labels(where: str, array: str, labels: np.ndarray, num_images: int) -> None:
+    if labels.ndim != 1 or len(labels) != num_images or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(
+            f"{where}: {array} must be integers [{num_images}] (one per image); got "
+            f"{labels.dtype} {list(labels.shape)}."
+        )
+
+
+def load_npz_split(path: str, split: str) -> Split:
+    """A split of ``npz:PATH`` (see the module docstring), checked, as host arrays."""
+    where = f"npz:{path}"
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"--dataset={where}: cannot read it as a .npz file ({error}).") from None
+    with data:
+        missing = [k for k in ("train_images", "train_labels") if k not in data.files]
+        if missing:
+            raise ValueError(
+                f"{where} lacks {', '.join(missing)}; it needs train_images and train_labels "
+                f"(optional: test_images, test_labels, num_classes or class_names); has "
+                f"{data.files}."
+            )
+        arrays = {}
+        for key in ("train_images", "train_labels", "test_images", "test_labels"):
+            if key in data.files:
+                try:
+                    arrays[key] = data[key]
+                except ValueError:  # An object array: images of mixed shapes, saved as a list.
+                    raise ValueError(
+                        f"{where}: {key} is an object array (images of mixed shapes?); it must "
+                        "be one uint8 array [N, H, W] or [N, H, W, C]."
+                    ) from None
+        names = tuple(str(x) for x in data["class_names"]) if "class_names" in data.files else None
+        declared = int(data["num_classes"]) if "num_classes" in data.files else None
+    train_images = _check_images(where, "train_images", arrays["train_images"])
+    _check_labels(where, "train_labels", arrays["train_labels"], len(train_images))
+    if names is None:
+        labels = arrays["train_labels"]
+        inferred = int(labels.max()) + 1 if len(labels) and labels.max() >= 0 else 0
+        names = tuple(str(i) for i in range(declared if declared is not None else inferred))
+    num_classes = len(names)
+    if num_classes < 2:
+        raise ValueError(f"{where}: {num_classes} classes; a dataset needs at least 2.")
+    has_test = "test_images" in arrays or "test_labels" in arrays
+    if split == "test" and not has_test:
+        return Split(np.zeros((0, *train_images.shape[1:]), np.uint8), np.zeros(0, np.int32),
+                     num_classes, names)  # fmt: skip
+    if split == "test" and not ("test_images" in arrays and "test_labels" in arrays):
+        raise ValueError(f"{where} has only one of test_images and test_labels; pass both or none.")
+    images = _check_images(where, f"{split}_images", arrays[f"{split}_images"])
+    if images.shape[1:] != train_images.shape[1:]:
+        raise ValueError(
+            f"{where}: test_images are {list(images.shape[1:])}, train_images "
+            f"{list(train_images.shape[1:])}; they must be the same shape."
+        )
+    labels = arrays[f"{split}_labels"]
+    _check_labels(where, f"{split}_labels", labels, len(images))
+    bad = (labels < 0) | (labels >= num_classes)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            f"{where}: {split}_labels[{i}] = {int(labels[i])} is outside [0, {num_classes}) "
+            f"({int(bad.sum())} labels are)."
+        )
+    return Split(images=images, labels=labels.astype(np.int32), num_classes=num_classes,
+                 class_names=names)  # fmt: skip
+
+
+def _check_images(where: str, array: str, images: np.ndarray) -> np.ndarray:
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise ValueError(
+            f"{where}: {array} must be uint8 [N, H, W, C] or [N, H, W]; got "
+            f"{images.dtype} {list(images.shape)}."
+        )
+    return images
+
+
+def class_folders(path: str | Path) -> list[Path]:
+    """The class sub-folders of an ImageFolder root, sorted by name (hidden ones skipped)."""
+    root = Path(path)
+    if not root.is_dir():
+        raise ValueError(f"folder:{path} is not a directory.")
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(folders) < 2:
+        raise ValueError(
+            f"folder:{path} has {len(folders)} class sub-folder(s); it needs one per class, "
+            "at least 2."
+        )
+    return folders
+
+
+def load_folder(path: str | Path) -> Split:
+    """``folder:PATH`` as one split: images converted by :data:`FOLDER_RULE`, labels by folder."""
+    from PIL import Image, UnidentifiedImageError
+
+    folders = class_folders(path)
+    files: list[Path] = []
+    labels: list[int] = []
+    for label, folder in enumerate(folders):
+        found = sorted(
+            p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+        )
+        if not found:
+            raise ValueError(
+                f"folder:{path}: class folder {folder.name!r} holds no image file "
+                f"({', '.join(IMAGE_SUFFIXES)})."
+            )
+        files += found
+        labels += [label] * len(found)
+    pictures = []
+    for file in files:
+        try:
+            with Image.open(file) as image:
+                image.load()
+                pictures.append(image.copy())
+        except (OSError, UnidentifiedImageError, ValueError) as error:
+            raise ValueError(f"folder:{path}: cannot read image {file} ({error}).") from None
+    gray = all(p.mode in ("1", "L", "LA", "I", "I;16", "F") for p in pictures)
+    sizes = collections.Counter((p.height, p.width) for p in pictures)
+    height, width = max(sizes, key=lambda s: (sizes[s], s[0] * s[1], s))
+    images = np.stack([_convert(p, gray, height, width) for p in pictures])
+    return Split(
+        images=images,
+        labels=np.asarray(labels, np.int32),
+        num_classes=len(folders),
+        class_names=tuple(f.name for f in folders),
+    )
+
+
+def _convert(picture, gray: bool, height: int, width: int) -> np.ndarray:
+    """One PIL image as uint8 ``[height, width, 1 or 3]`` (:data:`FOLDER_RULE`)."""
+    from PIL import Image
+
+    if picture.mode in ("I", "I;16", "F"):  # 16-bit or float grayscale: scale to 8 bits.
+        values = np.asarray(picture, np.float64)
+        top = values.max() or 1.0
+        picture = Image.fromarray((values * (255.0 / top)).round().astype(np.uint8))
+    picture = picture.convert("L" if gray else "RGB")
+    if (picture.height, picture.width) != (height, width):
+        picture = picture.resize((width, height), Image.BILINEAR)
+    array = np.asarray(picture, np.uint8)
+    return array[..., None] if gray else array

@@ -1,0 +1,237 @@
+"""experiments.find_errors end to end on each kind of input, --pred-probs, resume after a kill,
+bad input; and the runner on labels with nothing injected."""
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from experiments import find_errors, run
+from robust_losses_jax import audit, input_pipeline
+
+FAST = ["--model=mlp", "--batch-size=64", "--eval-batch-size=256", "--no-progress",
+        "--checkpoint-min-interval=0"]  # fmt: skip
+
+
+def strict_json(path):
+    """The file parsed as strict JSON: NaN or Infinity anywhere fails."""
+
+    def refuse(name):
+        raise AssertionError(f"{path} holds {name}")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+@pytest.fixture(scope="module")
+def digits_npz(tmp_path_factory):
+    """The digits with 75 training labels flipped, as an npz with a test split."""
+    train = input_pipeline.load_split("sklearn_digits", "train")
+    test = input_pipeline.load_split("sklearn_digits", "test")
+    labels = train.labels.copy()
+    rng = np.random.default_rng(0)
+    flipped = rng.choice(len(labels), 75, replace=False)
+    labels[flipped] = (labels[flipped] + rng.integers(1, 10, 75)) % 10
+    path = tmp_path_factory.mktemp("data") / "digits.npz"
+    np.savez(path, train_images=train.images[..., 0], train_labels=labels,
+             test_images=test.images, test_labels=test.labels,
+             class_names=np.array([f"digit{k}" for k in range(10)]))  # fmt: skip
+    return path, flipped
+
+
+def read_csv(workdir):
+    with open(workdir / "label_issues.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_npz_audit_writes_every_output_and_finds_the_planted_errors(tmp_path, digits_npz, capsys):
+    path, flipped = digits_npz
+    workdir = tmp_path / "audit"
+    code = find_errors.main([f"--dataset=npz:{path}", f"--workdir={workdir}", "--epochs=8",
+                             *FAST])  # fmt: skip
+    assert code == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and "labels flagged" in out[0] and "test acc" in out[0]
+    rows = read_csv(workdir)
+    assert len(rows) == 1500 and [int(r["rank"]) for r in rows] == list(range(1500))
+    quality = [float(r["label_quality"]) for r in rows]
+    assert quality == sorted(quality)
+    assert len(set(quality[:50])) == 50  # No ties at the top.
+    assert rows[0]["given_name"].startswith("digit")
+    flagged = {int(r["index"]) for r in rows if r["is_label_issue"] == "1"}
+    hits = len(flagged & set(flipped.tolist()))
+    assert hits / len(flagged) > 0.8 and hits / 75 > 0.8, (hits, len(flagged))
+    probs = np.load(workdir / "pred_probs.npy")
+    assert probs.shape == (1500, 10)
+    # The same semantics as cleanlab's on the same probabilities.
+    from cleanlab.filter import find_label_issues
+
+    given = np.array([int(r["given_label"]) for r in sorted(rows, key=lambda r: int(r["index"]))])
+    want = find_label_issues(given, probs)
+    assert flagged == set(np.flatnonzero(want).tolist())
+    summary = strict_json(workdir / "summary.json")
+    assert summary["examples"] == 1500 and summary["flagged"] == len(flagged)
+    assert set(summary["estimated_noise_rate_per_class"]) == {f"digit{k}" for k in range(10)}
+    assert 0.8 < summary["test_accuracy"] <= 1.0
+    assert summary["settings"]["loss"] == "power" and summary["settings"]["detector"] == "cl"
+    assert summary["settings"]["noise_rate"] == 0.0 and summary["settings"]["train_size"] is None
+    assert (workdir / "label_issues.png").stat().st_size > 10_000
+    strict_json(workdir / "config.json")
+    for line in (workdir / "metrics.jsonl").read_text().splitlines():
+        json.loads(line, parse_constant=lambda c: pytest.fail(f"metrics.jsonl holds {c}"))
+
+
+def test_folder_of_pngs_without_test_split(tmp_path):
+    digits = input_pipeline.load_split("sklearn_digits", "train")
+    root = tmp_path / "images"
+    for k, name in enumerate(["zero", "one", "two"]):
+        (root / name).mkdir(parents=True)
+        for j, i in enumerate(np.flatnonzero(digits.labels == k)[:60]):
+            Image.fromarray(digits.images[i, ..., 0]).save(root / name / f"{j}.png")
+    workdir = tmp_path / "audit"
+    assert find_errors.main([f"--dataset=folder:{root}", f"--workdir={workdir}", "--epochs=3",
+                             "--folds=3", *FAST]) == 0  # fmt: skip
+    rows = read_csv(workdir)
+    assert len(rows) == 180 and {r["given_name"] for r in rows} == {"zero", "one", "two"}
+    summary = strict_json(workdir / "summary.json")
+    assert summary["test_accuracy"] is None  # No test split: null, not NaN.
+
+
+def test_a_tfds_dataset_with_its_own_labels(tmp_path):
+    workdir = tmp_path / "audit"
+    assert find_errors.main(["--dataset=sklearn_digits", f"--workdir={workdir}", "--epochs=2",
+                             "--train-size=600", "--folds=2", "--loss=ce", *FAST]) == 0  # fmt: skip
+    predictions = np.load(workdir / "predictions.npz")
+    assert not predictions["is_corrupted"].any()  # Nothing injected.
+    np.testing.assert_array_equal(
+        predictions["given_label"],
+        input_pipeline.load_split("sklearn_digits", "train").labels[:600],
+    )
+    assert strict_json(workdir / "summary.json")["settings"]["loss"] == "cross_entropy"
+
+
+def test_pred_probs_skip_training_and_rank_as_the_library_does(tmp_path, digits_npz):
+    path, _ = digits_npz
+    labels = np.load(path)["train_labels"]
+    probs = np.random.default_rng(1).dirichlet(np.ones(10), size=1500).astype(np.float32)
+    probs_path = tmp_path / "probs.npy"
+    np.save(probs_path, probs)
+    workdir = tmp_path / "audit"
+    assert find_errors.main([f"--dataset=npz:{path}", f"--workdir={workdir}",
+                             f"--pred-probs={probs_path}"]) == 0  # fmt: skip
+    want = audit.rank_label_issues(labels, probs)
+    rows = read_csv(workdir)
+    assert [int(r["index"]) for r in rows] == want.ranking.tolist()
+    assert not (workdir / "checkpoints_folds").exists()  # Nothing trained.
+    np.testing.assert_array_equal(np.load(workdir / "pred_probs.npy"), probs)
+
+
+def test_sigkill_then_resume_matches_an_uninterrupted_audit(tmp_path, digits_npz):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path, _ = digits_npz
+    flags = [f"--dataset=npz:{path}", "--epochs=6", "--batch-size=16", *FAST[:1], *FAST[2:]]
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "experiments.find_errors", *flags, f"--workdir={killed}"],
+        env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    metrics = killed / "metrics.jsonl"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 2 * 5:  # 2 epochs.
+            break
+        time.sleep(0.05)
+    time.sleep(0.3)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait(timeout=60) == -signal.SIGKILL, "the audit finished before it was killed"
+    assert not (killed / "label_issues.csv").exists()
+    assert find_errors.main([*flags, f"--workdir={killed}", "--resume"]) == 0
+    reference = tmp_path / "reference"
+    assert find_errors.main([*flags, f"--workdir={reference}"]) == 0
+    np.testing.assert_array_equal(
+        np.load(killed / "pred_probs.npy"), np.load(reference / "pred_probs.npy")
+    )
+    assert (killed / "label_issues.csv").read_text() == (reference / "label_issues.csv").read_text()
+
+
+def _bad_npz(tmp_path, **arrays):
+    path = tmp_path / "bad.npz"
+    np.savez(path, **arrays)
+    return f"--dataset=npz:{path}"
+
+
+def _folder(tmp_path, empty_class=False, broken=False):
+    root = tmp_path / "folder"
+    for name in ("a", "b"):
+        (root / name).mkdir(parents=True)
+    for i in range(6):
+        Image.fromarray(np.full((4, 4), i, np.uint8)).save(root / "a" / f"{i}.png")
+    if not empty_class:
+        for i in range(6):
+            Image.fromarray(np.full((4, 4), i, np.uint8)).save(root / "b" / f"{i}.png")
+    if broken:
+        (root / "b" / "broken.jpg").write_bytes(b"\x00garbage")
+    return f"--dataset=folder:{root}"
+
+
+IMAGES = np.zeros((20, 4, 4), np.uint8)
+BAD_INPUTS = [
+    (lambda t: [_bad_npz(t, train_images=IMAGES, train_labels=np.arange(20) % 3,
+                         class_names=np.array(["a", "b"]))], r"train_labels\[2\] = 2 is outside"),
+    (lambda t: [_bad_npz(t, train_images=IMAGES, train_labels=np.arange(19) % 2)],
+     r"train_labels must be integers \[20\] \(one per image\)"),
+    (lambda t: [_bad_npz(t, train_images=IMAGES.astype(np.int16), train_labels=np.arange(20) % 2)],
+     r"train_images must be uint8"),
+    (lambda t: [_bad_npz(t, train_images=np.array([IMAGES[0], IMAGES[0, :3]], dtype=object),
+                         train_labels=np.arange(2))], r"object array \(images of mixed shapes"),
+    (lambda t: [_folder(t, empty_class=True)], r"class folder 'b' holds no image file"),
+    (lambda t: [_folder(t, broken=True)], r"cannot read image .*broken\.jpg"),
+    (lambda t: [_bad_npz(t, train_images=IMAGES, train_labels=np.r_[np.zeros(17, int), 1, 1, 1])],
+     r"class '1' has 3 example\(s\), fewer than the 5 folds"),
+    (lambda t: [_folder(t), f"--pred-probs={_probs(t, np.full((12, 3), 1 / 3))}"],
+     r"has shape \[12, 3\]; the dataset needs \[12, 2\]"),
+    (lambda t: [_folder(t), f"--pred-probs={_probs(t, np.full((12, 2), 0.6))}"],
+     r"row 0 sums to 1\.2"),
+    (lambda t: ["--dataset=cifar10", f"--data-dir={t / 'tfds'}"],
+     r"not prepared in .* and cannot be downloaded \(no network\)"),
+]  # fmt: skip
+
+
+def _probs(tmp_path, probs):
+    np.save(tmp_path / "probs.npy", probs)
+    return tmp_path / "probs.npy"
+
+
+@pytest.mark.parametrize(("flags", "message"), BAD_INPUTS)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, flags, message):
+    import re
+
+    flags = flags(tmp_path)
+    if "--dataset=cifar10" in flags and input_pipeline._network_reachable():
+        pytest.skip("a network is reachable: the download would start")
+    workdir = tmp_path / "audit"
+    assert find_errors.main([*flags, f"--workdir={workdir}", *FAST]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and re.search(message, err[0]), err
+    assert not workdir.exists()
+
+
+def test_runner_without_injected_noise_reports_flag_counts_not_scores(tmp_path, capsys):
+    workdir = tmp_path / "run"
+    assert run.main(["--dataset=sklearn_digits", "--noise-rate=0", "--epochs=2", "--seed=1",
+                     f"--workdir={workdir}", *FAST]) == 0  # fmt: skip
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "no injected label errors to score against" in line and "F1" not in line
+    summary = strict_json(workdir / "summary.json")
+    assert summary["num_corrupted"] == 0
+    for scores in summary["detection"].values():
+        assert set(scores) == {"num_flagged"}
+    assert summary["memorised_fraction"] is None  # Undefined without corrupted examples.
+    assert not math.isnan(summary["test_accuracy"])
