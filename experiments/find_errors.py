@@ -9,7 +9,8 @@ It trains ``--folds`` fresh models (stacked: one compiled program trains them to
 without its fold, and ranks every example by its out-of-sample probability of the given label.
 The runner's flags all apply (``python -m experiments.run --help``); the defaults here differ:
 nothing injected (``--noise-rate=0``), every example (``--train-size=0``), ``--detector=cl``,
-``--loss=power --gamma=0.5`` (see ``robust_losses_jax.audit.AUDIT_DEFAULTS``).
+``--loss=power --gamma=0.5`` (see ``robust_losses_jax.audit.AUDIT_DEFAULTS``); a ``--preset``
+overrides them, and the flags typed override both.
 
 Writes into ``--workdir``: ``label_issues.csv`` (one row per example, most suspect first),
 ``pred_probs.npy`` (``[N, C]`` out-of-sample), ``label_issues.png`` (the top suspects),
@@ -25,24 +26,43 @@ import sys
 import time
 from pathlib import Path
 
-from experiments import run
+from experiments import cli
+
+cli.quiet_startup(sys.argv[1:])  # Before JAX or TensorFlow starts (both read the environment).
+
+from experiments import run  # noqa: E402
 
 LOSS_DEFAULT_NOTE = "(default here: power with --gamma=0.5)"
 
 
-def build_parser():
+def build_parser() -> cli.ConfigParser:
+    """The runner's flags with the audit's defaults (``audit.AUDIT_DEFAULTS``; a ``--preset``
+    and the flags typed override them), and the audit's own."""
+    from robust_losses_jax import audit
+
     parser = run.build_parser()
+    parser.prog = "python -m experiments.find_errors"
     parser.description = __doc__.splitlines()[0]
-    parser.set_defaults(
-        noise_rate=0.0, detector="cl", loss="power", train_size=0, workdir="workdir/find_errors"
-    )
-    parser.add_argument(
+    defaults = {k: v for k, v in audit.AUDIT_DEFAULTS.items() if k != "loss_hparams"}
+    parser.set_defaults(**defaults, workdir="workdir/find_errors")
+    # build_config adds the hyperparameters when the loss is the audit's own.
+    for name, value in audit.AUDIT_DEFAULTS["loss_hparams"].items():
+        parser.flag(name).none = f"{value} with --loss={defaults['loss']}, else the loss's own"
+    cli.add_flag(
+        parser.groups["data"],
         "--pred-probs",
         default=None,
         help="a .npy of out-of-sample probabilities [N, C] (rows in the dataset's order, each "
         "summing to 1): rank them instead of training",
+        none="train the folds",
     )
-    parser.add_argument("--top", type=int, default=48, help="suspects shown in label_issues.png")
+    cli.add_flag(
+        parser.groups["output"],
+        "--top",
+        type=int,
+        default=48,
+        help="suspects shown in label_issues.png",
+    )
     return parser
 
 

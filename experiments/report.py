@@ -176,11 +176,14 @@ def f1_against(results: Path, out: Path, loss: str, hparam: str) -> Path | None:
     rows = list(csv.DictReader(results.open()))
     series: dict[tuple, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
     reference: dict[tuple, list[float]] = defaultdict(list)
+    chosen: dict[tuple, list[float]] = defaultdict(list)
     for row in rows:
         noise = f"{row['noise_kind']} {float(row['noise_rate']):g}"
         label = f"{row['protocol']}/{row['detector']} delay {row['delay']}"
         hparams = json.loads(row["hparams"])
-        if row["loss"] == loss and hparam in hparams:
+        if row["loss"] == loss and hparams.get(hparam) == "auto":  # Chosen by the run: a line.
+            chosen[(noise, label)].append(float(row["f1"]))
+        elif row["loss"] == loss and hparam in hparams:
             series[(noise, label)][hparams[hparam]].append(float(row["f1"]))
         elif row["loss"] in ("ce", "cross_entropy"):
             reference[(noise, f"{row['protocol']}/{row['detector']}")].append(float(row["f1"]))
@@ -197,6 +200,12 @@ def f1_against(results: Path, out: Path, loss: str, hparam: str) -> Path | None:
             means = [np.mean(by_value[x]) for x in xs]
             stds = [np.std(by_value[x]) for x in xs]
             ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=label)
+        for (n, label), values in sorted(chosen.items()):
+            if n == noise:
+                ax.axhspan(np.mean(values) - np.std(values), np.mean(values) + np.std(values),
+                           color="tab:red", alpha=0.15)  # fmt: skip
+                ax.axhline(np.mean(values), ls=":", color="tab:red",
+                           label=f"{hparam}=auto {label}")  # fmt: skip
         for (n, label), values in sorted(reference.items()):
             if n == noise:
                 ax.axhline(np.mean(values), ls="--", lw=1, color="gray")

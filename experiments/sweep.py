@@ -6,13 +6,17 @@
     python -m experiments.sweep --dry-run                               # list the cells
 
 Flags after ``--`` go to every run (``python -m experiments.run --help``; exact names, none that
-the sweep sets per cell such as ``--seed``). Every cell is validated before any work starts: a bad
-input is one ``error:`` line on stderr, exit code 2, nothing written. A cell whose
-``summary.json`` exists is not re-run, so a killed sweep resumes where it stopped. After each
-cell, ``results.csv`` (one row per run and detector) and ``results.md`` (mean ± std over seeds)
-are rewritten atomically from every finished run in the workdir (so several sweeps into one
-workdir add up; runs whose dataset, model, epochs or train size differ are never averaged
-together).
+the sweep sets per cell such as ``--seed``): each cell's config is theirs with the cell's loss,
+hyperparameters, delay, noise, detector and seed. ``--preset=NAME`` (before or after ``--``) sets
+the runs' settings under those flags, and the grid's axes where the preset has a value for them
+and the axis is not typed (``--preset=paper``: ``--detectors=cl``).
+
+Every cell is validated before any work starts: a bad input is one ``error:`` line on stderr,
+exit code 2, nothing written. A cell whose ``summary.json`` exists is not re-run, so a killed
+sweep resumes where it stopped. After each cell, ``results.csv`` (one row per run and detector)
+and ``results.md`` (mean ± std over seeds) are rewritten atomically from every finished run in
+the workdir (so several sweeps into one workdir add up; runs whose dataset, model, epochs or
+train size differ are never averaged together).
 
 Cells that differ only in seed, noise or loss hyperparameters (``gamma``, ``tau``, ...) train
 their models together, as one stack in one compiled program (``--max-models`` per stack, 16 by
@@ -34,7 +38,11 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, NoReturn
 
-from robust_losses_jax import xla_setup
+from experiments import cli
+
+cli.quiet_startup(sys.argv[1:])  # Before JAX or TensorFlow starts (both read the environment).
+
+from robust_losses_jax import xla_setup  # noqa: E402
 
 xla_setup.configure_cpu()  # Before JAX starts its backends.
 
@@ -87,6 +95,9 @@ def parse_losses(text: str) -> list[tuple[str, dict[str, float]]]:
                 )
             if key in hparams:
                 raise ValueError(f"loss hyperparameter {key!r} is repeated in {item!r}.")
+            if key == "tau" and value.strip() == "auto":  # Chosen after the delay (auto_tau).
+                hparams[key] = "auto"
+                continue
             try:
                 hparams[key] = float(value)
             except ValueError:
@@ -97,8 +108,13 @@ def parse_losses(text: str) -> list[tuple[str, dict[str, float]]]:
     return out
 
 
-def run_name(name: str, hparams: dict[str, float]) -> str:
-    return "_".join([name, *(f"{k}{v:g}" for k, v in sorted(hparams.items()))])
+def run_name(name: str, hparams: dict[str, float | str]) -> str:
+    return "_".join([name, *(f"{k}{format_value(v)}" for k, v in sorted(hparams.items()))])
+
+
+def format_value(value: float | str) -> str:
+    """A hyperparameter as the tables show it: ``0.5``, ``2``, ``auto``."""
+    return value if isinstance(value, str) else f"{value:g}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,7 +134,21 @@ class Cell:
             f"{self.noise_kind}{self.noise_rate:g}_{self.protocol}_s{self.seed}"
         )
 
+    def config(self, base: Any) -> Any:
+        """The cell's ``Config``: ``base`` (the flags after ``--``) with the cell's axes."""
+        hparams = dict(self.hparams)
+        auto_tau = hparams.get("tau") == "auto"
+        if auto_tau:
+            del hparams["tau"]
+        return dataclasses.replace(
+            base, loss=self.loss, loss_hparams=hparams, auto_tau=auto_tau,
+            delay_epochs=None if self.delay == "default" else int(self.delay),
+            noise_kind=self.noise_kind, noise_rate=self.noise_rate, detector=self.protocol,
+            seed=self.seed,
+        )  # fmt: skip
+
     def flags(self) -> list[str]:
+        """The cell's axes as runner flags (to run one cell by hand with ``experiments.run``)."""
         out = [f"--loss={self.loss}", f"--noise-kind={self.noise_kind}",
                f"--noise-rate={self.noise_rate}", f"--detector={self.protocol}",
                f"--seed={self.seed}", "--no-progress"]  # fmt: skip
@@ -227,6 +257,29 @@ def parse_run_flags(flags: list[str]) -> argparse.Namespace:
     return args
 
 
+def preset_axes(values: dict[str, Any]) -> dict[str, str]:
+    """The sweep's axis flags (dest -> text) that a preset's ``values`` set: its values for the
+    fields the sweep sets per cell."""
+    from robust_losses_jax import config as config_lib
+
+    default = config_lib.Config()
+    axes = {}
+    if "detector" in values:
+        axes["detectors"] = values["detector"]
+    if "seed" in values:
+        axes["seeds"] = str(values["seed"])
+    if "delay_epochs" in values:
+        delay = values["delay_epochs"]
+        axes["delays"] = "default" if delay is None else str(delay)
+    if {"noise_kind", "noise_rate"} & values.keys():
+        kind = values.get("noise_kind", default.noise_kind)
+        axes["noise"] = f"{kind}:{values.get('noise_rate', default.noise_rate)}"
+    if {"loss", "loss_hparams"} & values.keys():
+        hparams = ",".join(f"{k}={v}" for k, v in values.get("loss_hparams", {}).items())
+        axes["losses"] = values.get("loss", default.loss) + (f":{hparams}" if hparams else "")
+    return axes
+
+
 def check_workdir(workdir: Path) -> None:
     """Refuse a ``--workdir`` that is (or lies inside) a file, before anything is written."""
     for path in (workdir, *workdir.parents):
@@ -264,12 +317,12 @@ def cell_configs(cells: list[Cell], run_flags: list[str], workdir: Path) -> dict
     from robust_losses_jax import config as config_lib
     from robust_losses_jax import corruption, input_pipeline
 
-    parser = run_parser()
+    args = run_parser().parse_args(run_flags)
+    base = run.build_config(args)
     check_workdir(workdir)
     configs, datasets = {}, set()
     for cell in cells:
-        args = parser.parse_args([*cell.flags(), *run_flags])
-        cfg = run.build_config(args)
+        cfg = cell.config(base)
         config_lib.validate(cfg, num_devices=jax.device_count())
         if cfg.dataset not in datasets:
             input_pipeline.check_dataset(cfg.dataset, args.data_dir)
@@ -279,6 +332,14 @@ def cell_configs(cells: list[Cell], run_flags: list[str], workdir: Path) -> dict
         check_cell_folder(cfg, workdir, cell)
         configs[cell] = cfg
     return configs
+
+
+def row_hparams(config: dict) -> dict[str, float | str]:
+    """A run's loss hyperparameters as its rows name them (``tau: "auto"`` for ``auto_tau``)."""
+    hparams = dict(config["loss_hparams"])
+    if config.get("auto_tau"):
+        hparams["tau"] = "auto"
+    return hparams
 
 
 def run_rows(config: dict, summary: dict, name: str) -> list[dict]:
@@ -291,7 +352,7 @@ def run_rows(config: dict, summary: dict, name: str) -> list[dict]:
         ranking = scores if "auroc" in scores else detection["ranking_1_minus_pt"]
         rows.append({
             **{k: config[k] for k in SETTINGS},
-            "loss": config["loss"], "hparams": json.dumps(config["loss_hparams"], sort_keys=True),
+            "loss": config["loss"], "hparams": json.dumps(row_hparams(config), sort_keys=True),
             "delay": config["delay_epochs"], "noise_kind": config["noise_kind"],
             "noise_rate": config["noise_rate"], "protocol": config.get("detector", "pt"),
             "seed": config["seed"], "detector": detector,
@@ -328,7 +389,7 @@ def results_markdown(rows: list[dict]) -> str:
             values = np.array([np.nan if r[metric] in (None, "") else float(r[metric])
                                for r in group])  # fmt: skip
             cells.append(f"{values.mean():.3f} ± {values.std():.3f}")
-        hp = ",".join(f"{k}={v:g}" for k, v in json.loads(hparams).items())
+        hp = ",".join(f"{k}={format_value(v)}" for k, v in json.loads(hparams).items())
         name = f"{loss} {hp}" if hp else loss
         lines.append(
             f"| {kind} {float(rate):g} | {name} | {delay} | {protocol} | {detector} | "
@@ -362,19 +423,37 @@ def main(argv: list[str] | None = None) -> int:
     if "--" in argv:
         split = argv.index("--")
         argv, run_flags = argv[:split], argv[split + 1 :]
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", default="workdir/sweep")
-    parser.add_argument("--losses", default=DEFAULT_LOSSES)
+    from robust_losses_jax import config as config_lib
+
+    parser = cli.Parser(prog="python -m experiments.sweep", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=cli.version_text())
+    parser.add_argument("--workdir", default="workdir/sweep", help="where the cells' folders go")
+    parser.add_argument(
+        "--losses", default=DEFAULT_LOSSES,
+        help="loss[:hparam=value,...];... (hyperparameters: the runner's loss flags)",
+    )  # fmt: skip
     parser.add_argument("--delays", default="default,0", help="'default' and/or ints (epochs)")
     parser.add_argument("--noise", default=DEFAULT_NOISE, help="kind:rate,...")
     parser.add_argument("--detectors", default="pt,cl", help="runner protocols: pt, cl, aum")
-    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--seeds", default="0,1,2", help="ints")
+    cli.add_flag(
+        parser, "--preset", default=None, allowed=config_lib.PRESETS,
+        help="the runs' settings under the flags after -- (as the runner's --preset), and the "
+        "axes it sets that are not typed here",
+    )  # fmt: skip
     parser.add_argument("--dry-run", action="store_true", help="list the cells and stop")
-    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, default=True,
+        help="the sweep's progress bar",
+    )  # fmt: skip
+    parser.add_argument(
+        "--verbose", action="store_true",
+        help="TensorFlow's, absl's and XLA's start-up logs and tfds's progress bars",
+    )  # fmt: skip
     parser.add_argument(
         "--stack", action=argparse.BooleanOptionalAction, default=True,
         help="train the models of cells that differ only in seed, noise or loss "
-        "hyperparameters together, in one compiled program (default); --no-stack: one cell "
+        "hyperparameters together, in one compiled program; --no-stack: one cell "
         "after another (each cell still stacks its own folds unless -- --sequential)",
     )  # fmt: skip
     parser.add_argument("--max-models", type=int, default=16, help="most models in one stack")
@@ -384,12 +463,20 @@ def main(argv: list[str] | None = None) -> int:
 
     workdir = Path(args.workdir)
     try:
+        if args.preset is not None:
+            config_lib.preset_values(args.preset)  # An unknown name: the sweep's flag, named.
+            if any(flag.partition("=")[0] == "--preset" for flag in run_flags):
+                raise ValueError("--preset is given before -- and after it; give it once")
+            run_flags = [f"--preset={args.preset}", *run_flags]
+        run_args = parse_run_flags(run_flags)
+        for axis, value in preset_axes(config_lib.preset_values(run_args.preset)).items():
+            if axis not in parser.typed:
+                setattr(args, axis, value)
         cells = grid(args)
         if not cells:
             raise ValueError("the grid is empty")
         if args.max_models < 1:
             raise ValueError(f"--max-models must be at least 1, got {args.max_models}")
-        run_args = parse_run_flags(run_flags)
         configs = cell_configs(cells, run_flags, workdir)  # Every cell, before any work starts.
     except (ValueError, OSError) as error:
         print(f"error: {' '.join(str(error).split())}", file=sys.stderr)  # One line.

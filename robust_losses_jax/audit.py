@@ -133,10 +133,7 @@ def rank_label_issues(
     margin = log_margin(probs, labels) if margin is None else np.asarray(margin, np.float64)
     if is_label_issue is not None:
         flagged = np.asarray(is_label_issue, bool)
-    joint = detection.confident_joint(labels, probs).astype(np.float64)
-    row_total = joint.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        per_class = 1.0 - np.diag(joint) / row_total
+    overall, per_class = detection.estimated_noise_rates(labels, probs)
     names = tuple(class_names) if class_names is not None else ()
     if len(names) != num_classes:
         names = tuple(str(k) for k in range(num_classes))
@@ -149,7 +146,7 @@ def rank_label_issues(
         ranking=suspicion_order(quality, margin),
         pred_probs=probs,
         noise_rate_per_class=per_class,
-        estimated_noise_rate=float(1.0 - np.trace(joint) / joint.sum()),
+        estimated_noise_rate=overall,
         class_names=names,
     )
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,65 +21,238 @@ NOISE_KINDS = ("symmetric", "asymmetric", "transition")
 DTYPES = ("float32", "bfloat16")
 DETECTORS = ("pt", "cl", "aum")
 DATA_PLACEMENTS = ("auto", "device", "stream")
+# AUM's decision rule: "reference" (asappresearch/aum: an example is flagged when every run
+# that judges it flags it, margins of the first epoch left out), "mean" (the mean of
+# threshold - AUM over the runs is positive, every epoch counted); detection.AUM_RULES.
+AUM_RULES = ("reference", "mean")
+
+
+# Groups of the command line's flags, in --help's order: experiments/cli.py gives every field
+# declared with flag() a flag in its group.
+FLAG_GROUPS = ("data", "model", "loss", "training", "detection", "output")
+# Named settings (field -> value) that --preset=NAME applies; flags typed override them.
+PRESETS: dict[str, dict[str, Any]] = {
+    # The paper's protocol: Adam at 1e-4, batch 64, 10 epochs on the whole training split (all
+    # 60,000 examples), label errors found by 5-fold Confident Learning, filter_by="both".
+    "paper": {
+        "optimizer": "adam", "lr": 1e-4, "batch_size": 64, "epochs": 10, "train_size": None,
+        "detector": "cl", "folds": 5, "cl_filter_by": "both",
+    },
+}  # fmt: skip
+
+
+def preset_values(name: str | None) -> dict[str, Any]:
+    """The settings of preset ``name`` (none for None); ``ValueError`` naming the known ones."""
+    if name is None:
+        return {}
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r} (--preset); choose from {', '.join(PRESETS)}.")
+    return dict(PRESETS[name])
+
+
+def flag(default: Any, group: str | None, help: str | Callable[[], str], **more: Any) -> Any:
+    """A field with a command-line flag: ``dataclasses.field`` with the metadata that the entry
+    points' parser is built from (``experiments.cli``).
+
+    Args:
+      default: the field's default, and so the flag's.
+      group: the flag's group in ``--help``, one of :data:`FLAG_GROUPS` (None: general options).
+      help: what the field decides.
+      **more: ``flag``: the flag's name where it is not the field's (``delay`` for
+        ``delay_epochs``); ``choices``: the allowed values, listed by ``--help`` (:func:`validate`
+        checks them); ``parse``: reads a typed value where the field's type cannot (``str ->
+        value``; ``ValueError`` or ``OSError`` for a bad one); ``none``: what a default of None
+        means. ``help`` and ``choices`` may be functions of no arguments, called when the parser
+        is built (lists kept in modules that import flax or optax, which this one does not).
+    """
+    return dataclasses.field(default=default, metadata={"group": group, "help": help, **more})
+
+
+def _from(module: str, name: str) -> Callable[[], Any]:
+    """``robust_losses_jax.<module>.<name>`` (called if a function), looked up when asked for."""
+
+    def get() -> Any:
+        value = getattr(importlib.import_module(f"robust_losses_jax.{module}"), name)
+        return value() if callable(value) else value
+
+    return get
+
+
+def _dataset_help() -> str:
+    from robust_losses_jax import input_pipeline, user_data
+
+    return (
+        f"a tfds image-classification dataset (here: {', '.join(input_pipeline.KNOWN_DATASETS)}, "
+        "...); npz:PATH (train_images uint8 [N, H, W(, C)], train_labels; optional num_classes or "
+        "class_names, test_images, test_labels); or folder:PATH (one sub-folder per class of "
+        f"PNG/JPEG files: {user_data.FOLDER_RULE})"
+    )
+
+
+def _preset_help() -> str:
+    described = (
+        f"{name} ({', '.join(f'{k}={v}' for k, v in values.items())})"
+        for name, values in PRESETS.items()
+    )
+    return "named settings; flags typed override them: " + "; ".join(described)
+
+
+def _size_or_none(text: str) -> int | None:
+    """``--train-size``/``--test-size``: the first N examples; 0 for the whole split (None)."""
+    try:
+        return int(text) or None
+    except ValueError:
+        raise ValueError(f"invalid int value: {text!r}") from None
+
+
+def _matrix_file(path: str) -> tuple[tuple[float, ...], ...]:
+    """``--transition``: a JSON file holding a [C, C] matrix (:func:`validate` checks its rows)."""
+    text = Path(path).read_text()  # OSError names the file.
+    try:
+        return tuple(map(tuple, json.loads(text)))
+    except (json.JSONDecodeError, TypeError) as error:
+        raise ValueError(f"{path}: not a JSON [C, C] matrix ({error}).") from None
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
     """Everything that decides a run's result, and how often it tests and checkpoints (so it is
-    written to ``config.json``)."""
+    written to ``config.json``). Each field declared with :func:`flag` is a command-line flag."""
 
-    dataset: str = "fashion_mnist"
-    model: str = "small_cnn"
-    loss: str = "cross_entropy"
+    dataset: str = flag("fashion_mnist", "data", _dataset_help)
+    model: str = flag(
+        "small_cnn", "model", "the network", choices=_from("models", "available_models")
+    )
+    loss: str = flag(
+        "cross_entropy",
+        "loss",
+        "the training loss (its hyperparameters: the flags below)",
+        choices=losses.available_losses,
+    )
     # Hyperparameters of the loss (defaults of losses.get_loss where absent).
     loss_hparams: dict[str, float] = dataclasses.field(default_factory=dict)
-    detach: bool = True
+    detach: bool = flag(True, "loss", "power: stop the gradient through the weight p_t**gamma")
     # Epochs of cross-entropy before the robust loss; None: 2 for power/cutoff, else 0.
-    delay_epochs: int | None = None
-    ramp_epochs: int = 0
-    noise_rate: float = 0.2
-    noise_kind: str = "symmetric"
-    transition: tuple[tuple[float, ...], ...] | None = None
-    epochs: int = 20
-    batch_size: int = 128
-    eval_batch_size: int = 1000
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    lr_schedule: str = "constant"
-    warmup_epochs: int = 0
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 0.0
-    l1_weight: float = 0.0
-    seed: int = 0
+    delay_epochs: int | None = flag(
+        None,
+        "loss",
+        "epochs of cross-entropy before the robust loss",
+        flag="delay",
+        none="2 for power/cutoff, else 0",
+    )
+    ramp_epochs: int = flag(0, "loss", "epochs to ramp gamma/tau up after the delay", flag="ramp")
+    noise_rate: float = flag(0.2, "data", "fraction of the training labels corrupted")
+    noise_kind: str = flag("symmetric", "data", "how labels are corrupted", choices=NOISE_KINDS)
+    transition: tuple[tuple[float, ...], ...] | None = flag(
+        None,
+        "data",
+        "JSON file with a row-stochastic [C, C] matrix (--noise-kind=transition)",
+        parse=_matrix_file,
+    )
+    epochs: int = flag(20, "training", "training epochs")
+    batch_size: int = flag(128, "training", "training batch (a multiple of the device count)")
+    eval_batch_size: int = flag(1000, "training", "test batch (a multiple of the device count)")
+    optimizer: str = flag("adam", "training", "the optimizer", choices=_from("train", "OPTIMIZERS"))
+    lr: float = flag(1e-3, "training", "learning rate")
+    lr_schedule: str = flag(
+        "constant", "training", "learning-rate schedule", choices=_from("train", "LR_SCHEDULES")
+    )
+    warmup_epochs: int = flag(0, "training", "epochs of linear learning-rate warm-up from 0")
+    momentum: float = flag(0.9, "training", "sgd's momentum")
+    nesterov: bool = flag(False, "training", "sgd: Nesterov momentum")
+    weight_decay: float = flag(
+        0.0, "training", "decoupled for adamw; an L2 term in the gradient for sgd and adam"
+    )
+    l1_weight: float = flag(0.0, "training", "L1 penalty on the weights (ANL)", flag="l1")
+    seed: int = flag(0, "training", "seed of the corruption, the initialisation and the batches")
     # First N examples of the split in canonical order (corruption is decided on the whole split).
-    train_size: int | None = 10_000
-    test_size: int | None = None
-    augment: bool | None = None  # None: on for CIFAR.
-    dtype: str = "float32"
-    parallel: str = "pmap"
-    pt_threshold: float = 0.5
+    train_size: int | None = flag(
+        10_000,
+        "data",
+        "first N training examples in canonical order; 0 = the whole split",
+        parse=_size_or_none,
+        none="0, the whole split",
+    )
+    test_size: int | None = flag(
+        None, "data", "first N test examples; 0 = all", parse=_size_or_none, none="0, all"
+    )
+    augment: bool | None = flag(  # None: on for CIFAR.
+        None, "data", "CIFAR augmentation (random crop and flip)", none="on for CIFAR"
+    )
+    dtype: str = flag("float32", "model", "compute dtype", choices=DTYPES)
+    parallel: str = flag(
+        "pmap", "training", "data parallelism", choices=_from("train", "PARALLEL_MODES")
+    )
+    pt_threshold: float = flag(0.5, "detection", "pt: flag an example when p_t is below this")
     # How label errors are found: "pt" (in-sample p_t of one run), "cl" (K-fold out-of-sample
     # probabilities + Confident Learning), "aum" (area under the margin, two runs).
-    detector: str = "pt"
-    folds: int = 5
-    cl_filter_by: str = "prune_by_noise_rate"
-    aum_percentile: float = 99.0
+    detector: str = flag(
+        "pt",
+        "detection",
+        "how label errors are found: pt (in-sample p_t of one run), cl "
+        "(K-fold out-of-sample probabilities + Confident Learning), aum (area under the "
+        "margin, two runs)",
+        choices=DETECTORS,
+    )
+    folds: int = flag(5, "detection", "cl: folds (fresh models, each without its fold)")
+    cl_filter_by: str = flag(
+        "prune_by_noise_rate",
+        "detection",
+        "cl: Confident Learning's filter_by",
+        choices=_from("detection", "FILTER_BY"),
+    )
+    aum_percentile: float = flag(
+        99.0, "detection", "aum: flag below this percentile of the threshold examples' AUM"
+    )
+    aum_rule: str = flag(
+        "reference",
+        "detection",
+        "aum: flagged when every run that judges an example flags it "
+        "(reference, first epoch's margins left out) or when the mean over runs does (mean)",
+        choices=AUM_RULES,
+    )
+    # cutoff: tau chosen after the delay from the noise rate estimated without clean labels
+    # (Confident Learning's confident joint on the model's own probabilities): the p_t
+    # quantile at that rate. The fixed loss_hparams["tau"] is then unused.
+    auto_tau: bool = False
     # Where the training split lives: "device" (each epoch one compiled program; several models
     # vmapped together), "stream" (host batches, a step at a time), "auto" (device on one process).
-    data_placement: str = "auto"
+    data_placement: str = flag(
+        "auto",
+        "training",
+        "where the training split lives: device (epochs compiled whole, "
+        "models vmapped), stream (host batches), auto (device on one process)",
+        choices=DATA_PLACEMENTS,
+    )
     # Train the models of a protocol (CL folds, AUM runs) one after another instead of vmapped.
-    sequential: bool = False
+    sequential: bool = flag(
+        False, "training", "train the CL folds / AUM runs one after another, not vmapped together"
+    )
     # Test accuracy (and, for --detector=pt, the training rows' p_t and detection scores)
     # every N epochs, and checkpoints every N epochs (both after the last epoch too). Neither
     # changes what is trained; fewer of them cut per-epoch costs that a stack of models pays
     # once but sequential runs pay per model. A run resumes from its last checkpoint.
-    eval_every: int = 1
-    checkpoint_every: int = 1
+    eval_every: int = flag(
+        1,
+        "output",
+        "test accuracy, and the training rows' p_t (detection per epoch), every N "
+        "epochs (and after the last)",
+    )
+    checkpoint_every: int = flag(
+        1,
+        "output",
+        "checkpoint every N epochs (and after the last); --resume restarts from the last",
+    )
     # ...but an epoch's checkpoint is skipped when the last one (or the start of training) is
     # less than this many seconds old: at most one save a minute, however short the epochs (on
     # a GPU a save took longer than a small model's epoch). 0: every checkpoint_every epochs.
-    checkpoint_min_interval: float = 60.0
+    checkpoint_min_interval: float = flag(
+        60.0,
+        "output",
+        "seconds: skip an epoch's checkpoint while the last is younger (0: never skip)",
+    )
+    # The preset the run started from (its settings are in the fields above), for config.json.
+    preset: str | None = flag(None, None, _preset_help, choices=tuple(PRESETS), none="none")
 
     @property
     def resolved_delay_epochs(self) -> int:
@@ -142,6 +318,17 @@ def validate(config: Config, *, num_devices: int) -> None:
         raise ValueError(
             f"Unknown cl filter_by {config.cl_filter_by!r}; "
             f"choose from {', '.join(detection.FILTER_BY)}."
+        )
+    if config.aum_rule not in AUM_RULES:
+        raise ValueError(
+            f"Unknown aum rule {config.aum_rule!r}; choose from {', '.join(AUM_RULES)}."
+        )
+    if config.auto_tau and losses.canonical_name(config.loss) != "cutoff":
+        raise ValueError(f"tau=auto is for the cutoff loss, not {config.loss!r}.")
+    if config.auto_tau and not 1 <= config.resolved_delay_epochs < config.epochs:
+        raise ValueError(
+            f"tau=auto chooses tau after the delay: delay {config.resolved_delay_epochs} must be "
+            f"in [1, epochs={config.epochs})."
         )
     if config.data_placement not in DATA_PLACEMENTS:
         raise ValueError(

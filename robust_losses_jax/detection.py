@@ -234,6 +234,31 @@ def confident_joint(labels: ArrayLike, pred_probs: ArrayLike, calibrate: bool = 
     return _confident_joint_and_off_diagonals(labels, probs, calibrate)[0]
 
 
+def estimated_noise_rates(labels: ArrayLike, pred_probs: ArrayLike) -> tuple[float, np.ndarray]:
+    """The noise rate estimated without clean labels: ``(overall, per given class [C])``.
+
+    From the calibrated confident joint (:func:`confident_joint`): the off-diagonal share of the
+    whole, and of each given class's row (NaN for a class with no examples).
+    """
+    joint = confident_joint(labels, pred_probs).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_class = 1.0 - np.diag(joint) / joint.sum(axis=1)
+    return float(1.0 - np.trace(joint) / joint.sum()), per_class
+
+
+def auto_threshold(labels: ArrayLike, pred_probs: ArrayLike) -> tuple[float, float]:
+    """``(tau, rate)``: the cutoff loss's threshold chosen without clean labels.
+
+    ``rate`` is :func:`estimated_noise_rates`' overall estimate on the model's own
+    probabilities, and ``tau`` the ``rate``-quantile of ``p_t``: about that fraction of the
+    examples, the least confident in their given label, falls below it.
+    """
+    labels, probs = _check_inputs(labels, pred_probs)
+    rate, _ = estimated_noise_rates(labels, probs)
+    p_t = probs[np.arange(len(labels)), labels].astype(np.float64)
+    return float(np.quantile(p_t, rate)), rate
+
+
 def _reduce_issues(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
     """bool ``[N]``: the given label is the argmax once it gets a 1e-6 head start (unflag these)."""
     nudged = np.copy(probs)
@@ -546,6 +571,30 @@ def update_aum(
     )
 
 
+def aum_sums_from_epoch(
+    margin_sum_history: ArrayLike, margin_count_history: ArrayLike, first_epoch: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(aum_sum float64 [N], count int64 [N])`` of per-epoch margin sums from ``first_epoch``.
+
+    The reference AUM (asappresearch/aum) leaves the first epoch out (``first_epoch=1``): its
+    margins mostly reflect the initialisation. A history no longer than ``first_epoch`` epochs
+    is counted whole rather than left empty.
+
+    Args:
+      margin_sum_history: ``[E, N]`` per epoch, the sum of each example's training margins.
+      margin_count_history: ``[E, N]`` per epoch, how many margins were summed.
+      first_epoch: the first epoch (0-based) counted.
+    """
+    sums = np.asarray(margin_sum_history, np.float64)
+    counts = np.asarray(margin_count_history, np.int64)
+    if sums.shape != counts.shape or sums.ndim != 2:
+        raise ValueError(
+            f"margin sums {list(sums.shape)} and counts {list(counts.shape)} must both be [E, N]."
+        )
+    first = first_epoch if len(sums) > first_epoch else 0
+    return sums[first:].sum(axis=0), counts[first:].sum(axis=0)
+
+
 def aum_scores(aum_sum: ArrayLike, count: ArrayLike) -> Array:
     """AUM ``[N]``: the mean margin over the updates seen; NaN for examples never seen."""
     aum_sum = jnp.asarray(aum_sum)
@@ -575,21 +624,30 @@ def aum_threshold(aum: ArrayLike, is_threshold: ArrayLike, percentile: float = 9
     return float(np.percentile(values, percentile))
 
 
+AUM_RULES = ("reference", "mean")
+
+
 def aum_detect(
-    aum_per_run: list[ArrayLike], is_threshold_per_run: list[ArrayLike], percentile: float = 99
+    aum_per_run: list[ArrayLike],
+    is_threshold_per_run: list[ArrayLike],
+    percentile: float = 99,
+    rule: str = "reference",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Flag examples whose AUM is below the threshold-example percentile of their runs.
 
     Each example is judged from the runs in which it was not a threshold example and has a finite
     AUM. Per run the score is ``threshold - AUM`` (a margin below the run's own threshold is
-    positive, so runs with differently scaled logits are comparable); an example's score is the
-    mean over its runs, and it is flagged when that is positive (with one run: AUM below that
-    run's threshold). An example judged in no run gets score NaN and is not flagged.
+    positive, so runs with differently scaled logits are comparable). With ``rule="reference"``
+    (asappresearch/aum) an example is flagged when every run that judges it flags it, and its
+    score is the smallest of its runs' scores; with ``rule="mean"`` its score is the mean over
+    its runs and it is flagged when that is positive (a superset). With one run both are: AUM
+    below that run's threshold. An example judged in no run gets score NaN and is not flagged.
 
     Args:
       aum_per_run: ``R`` arrays ``[N]`` of AUM (:func:`aum_scores`), one per run.
       is_threshold_per_run: ``R`` bool arrays ``[N]`` (:func:`assign_threshold_examples`).
       percentile: in [0, 100]; 99 as in Pleiss et al.
+      rule: one of :data:`AUM_RULES`.
 
     Returns:
       ``(is_flagged bool [N], score float64 [N])``, NumPy; higher score = more suspicious.
@@ -599,18 +657,22 @@ def aum_detect(
             f"Need the same positive number of AUM and is_threshold arrays, got "
             f"{len(aum_per_run)} and {len(is_threshold_per_run)}."
         )
-    total = None
-    num_judged = None
+    if rule not in AUM_RULES:
+        raise ValueError(f"rule={rule!r} is not one of {AUM_RULES}.")
+    total = lowest = num_judged = None
     for aum, is_threshold in zip(aum_per_run, is_threshold_per_run, strict=True):
         threshold = aum_threshold(aum, is_threshold, percentile)
         aum = np.asarray(aum, np.float64)
         if total is None:
             total, num_judged = np.zeros_like(aum), np.zeros(aum.shape, np.int64)
+            lowest = np.full_like(aum, np.inf)
         elif aum.shape != total.shape:
             raise ValueError(f"All runs must have the same N, got {total.shape} and {aum.shape}.")
         judged = ~np.asarray(is_threshold) & np.isfinite(aum)
         total += np.where(judged, threshold - aum, 0.0)
+        lowest = np.where(judged, np.minimum(lowest, threshold - aum), lowest)
         num_judged += judged
     with np.errstate(invalid="ignore", divide="ignore"):
-        score = np.where(num_judged > 0, total / num_judged, np.nan)
+        mean = total / num_judged
+    score = np.where(num_judged > 0, lowest if rule == "reference" else mean, np.nan)
     return np.nan_to_num(score, nan=-np.inf) > 0, score

@@ -175,8 +175,8 @@ def degeneracy_warning(predictions: dict[str, np.ndarray], num_classes: int) -> 
 
 # What a run writes into its workdir (``clear_outputs`` removes exactly these).
 OUTPUT_PATTERNS = ("config.json", "metrics.jsonl", "predictions.npz", "summary.json",
-                   "fold*.npz", "train_record*.npz", "train_record*.epochs", "checkpoints",
-                   "checkpoints_*")  # fmt: skip
+                   "fold*.npz", "train_record*.npz", "train_record*.epochs", "auto_tau*.json",
+                   "checkpoints", "checkpoints_*")  # fmt: skip
 # Config fields a resumed run may change: they decide how long it trains, or what it logs and how
 # often it checkpoints, not what it trains.
 RESUMABLE_CHANGES = ("epochs", "eval_every", "checkpoint_every", "checkpoint_min_interval")
@@ -440,7 +440,12 @@ def cross_validated(cfg, data, fit_run, workdir: Path, base_key, log) -> tuple[d
 
 
 def area_under_margin_protocol(cfg, data, base_key) -> Protocol:
-    """AUM: two runs, each with its own N/(C+1) threshold examples moved to a fake class C."""
+    """AUM: two runs, each with its own N/(C+1) threshold examples moved to a fake class C.
+
+    ``cfg.aum_rule``: ``"reference"`` (asappresearch/aum) flags an example when both runs that
+    judge it flag it and leaves the first epoch's margins out; ``"mean"`` averages the runs'
+    ``threshold - AUM`` and counts every epoch (:func:`detection.aum_detect`).
+    """
     num_classes = data["num_classes"]
     num_train = len(data["given_label"])
     runs = detection.assign_threshold_examples(
@@ -466,7 +471,9 @@ def area_under_margin_protocol(cfg, data, base_key) -> Protocol:
         test_accuracies = [fitted.test_accuracy[i] for fitted, i in trained]
         # Per-example outputs over the real classes only, for the given labels.
         outs = [_training_outputs(fitted, i) for fitted, i in trained]
-        is_flagged, score = detection.aum_detect(aums, thresholds, percentile=cfg.aum_percentile)
+        is_flagged, score = detection.aum_detect(
+            aums, thresholds, percentile=cfg.aum_percentile, rule=cfg.aum_rule
+        )
         # The outputs of the run in which each example was not a threshold example (run 0 if
         # neither).
         thr0 = thresholds[0]
@@ -488,13 +495,16 @@ def area_under_margin_protocol(cfg, data, base_key) -> Protocol:
                 **metrics.detection_metrics(data["is_corrupted"], is_flagged),
                 **metrics.ranking_metrics(data["is_corrupted"][finite], score[finite]),
                 "percentile": cfg.aum_percentile,
+                "rule": cfg.aum_rule,
             },
             "test_accuracy_per_run": test_accuracies,
             "test_accuracy": float(np.mean(test_accuracies)),
         }
         return predictions, extra
 
-    return Protocol(members, {"num_classes": num_classes + 1}, finish, stack_tag="aum")
+    # The reference leaves the first epoch's margins out (they mostly reflect initialisation).
+    kwargs = {"num_classes": num_classes + 1, "aum_from_epoch": int(cfg.aum_rule == "reference")}
+    return Protocol(members, kwargs, finish, stack_tag="aum")
 
 
 def protocol_for(cfg, data, workdir: Path, base_key, log) -> Protocol:

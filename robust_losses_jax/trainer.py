@@ -115,7 +115,7 @@ class Fitted:
         ``margin``, ``pred``, ``weight``, ``loss``. With the data on the devices it also takes
         ``rows=`` ``[M, R]`` (each member on its own rows, padded with ``N``: ``[M, R, ...]``).
       aum_sum, aum_count: per member, ``[n_m]`` sums and counts of the training margins of its
-        rows (every step, from the train step's own logits), for AUM.
+        rows (every step from ``aum_from_epoch`` on, from the train step's own logits), for AUM.
       test_accuracy: per member, the clean test accuracy of its final model.
       training_outputs: ``() ->`` host arrays ``[M, N, ...]``: every member on every row of the
         stack's images, scored against its own labels (computed once, on first call).
@@ -165,6 +165,7 @@ def fit(
     log: Callable[[str], None] = print,
     record_dirs: list[Path] | None = None,
     timings: dict[str, float] | None = None,
+    aum_from_epoch: int = 0,
 ) -> Fitted:
     """Train a stack of freshly initialised models (one or more :class:`device_loop.Member`).
 
@@ -188,6 +189,8 @@ def fit(
         ``metrics.jsonl`` gets that epoch's detection F1 (argmax != given), AUROC of
         ``1 - p_t`` and memorised fraction.
       resume: continue from the latest checkpoint of this stack.
+      aum_from_epoch: the AUM sums (``Fitted.aum_sum``) leave out the epochs before this one
+        (0-based), unless the run has no more epochs than that.
       timings: when given, wall seconds are added to it by phase: ``setup`` (initialisation,
         programs, data placement, restore), ``train`` (the epoch programs, compilation included),
         ``test``, ``track`` (the per-epoch outputs on the training rows), ``records`` (training
@@ -249,11 +252,10 @@ def fit(
             step_config, _floats(mean), _floats(std), mesh, cfg.parallel, sizes=sizes,
             batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size,
         )  # fmt: skip
-        run_epoch, outputs = _device_engine(images, members, mesh, programs, hparams)
+        run_epoch, outputs = _device_engine(images, members, mesh, programs)
     else:
         run_epoch, outputs = _streaming_engine(
-            cfg, images, members[0], mesh, step_config, hparams, mean, std, steps_per_epoch,
-            progress,
+            cfg, images, members[0], mesh, step_config, mean, std, steps_per_epoch, progress,
         )  # fmt: skip
 
     member_labels = np.stack([m.labels for m in members])
@@ -262,7 +264,7 @@ def fit(
         if not len(test_labels):  # A dataset without a test split: undefined (null in JSON).
             return np.full(num_members, np.nan)
         labels = np.broadcast_to(test_labels, (num_members, len(test_labels)))
-        logits = outputs(states, test_images, labels)["logits"][..., :real_classes]
+        logits = outputs(states, hparams, test_images, labels)["logits"][..., :real_classes]
         return np.mean(logits.argmax(-1) == test_labels[None], axis=1)
 
     suffix = f"_{tag}" if tag else ""
@@ -320,6 +322,14 @@ def fit(
         step = start_epoch * steps_per_epoch
         log(f"resumed {tag or 'run'} from epoch {start_epoch} (step {step})")
 
+    # --tau=auto: each member's threshold, chosen after the delay (a resumed run reads it back).
+    auto_tau_paths = [
+        d / f"auto_tau{'_' + m.tag if m.tag else ''}.json"
+        for d, m in zip(record_dirs, members, strict=True)
+    ]
+    if cfg.auto_tau and start_epoch >= cfg.resolved_delay_epochs:
+        taus = [json.loads(path.read_text())["tau"] for path in auto_tau_paths]
+        hparams = {**hparams, "tau": jnp.asarray(taus, jnp.float32)}
     lap("setup")
     # The clock may only skip checkpoints in one process: in several, each process must make
     # the same decision (a save is collective), and their clocks differ.
@@ -330,7 +340,7 @@ def fit(
     accuracies, tracked = None, None  # The last epoch's, for the final model.
     for epoch in _tqdm(epochs, progress and on_device, desc=desc, leave=False):
         started = time.perf_counter()
-        states, epoch_metrics = run_epoch(states, epoch)
+        states, epoch_metrics = run_epoch(states, hparams, epoch)
         for m, member in enumerate(members):
             bad = np.flatnonzero(np.asarray(epoch_metrics["finite"][m]) == 0)
             if len(bad):
@@ -347,6 +357,16 @@ def fit(
                     f"{cfg.lr:g} too high for {cfg.optimizer}. {saved}; no summary was written."
                 )
         lap("train")
+        chosen = None
+        if cfg.auto_tau and epoch + 1 == cfg.resolved_delay_epochs:
+            tracked_delay = outputs(states, hparams, images, member_labels)
+            chosen = [
+                detection.auto_threshold(member.labels[member.rows], probs[member.rows])
+                for member, probs in zip(members, tracked_delay["probs"], strict=True)
+            ]
+            hparams = {**hparams, "tau": jnp.asarray([t for t, _ in chosen], jnp.float32)}
+            for path, (tau, rate) in zip(auto_tau_paths, chosen, strict=True):
+                records.write_json(path, {"tau": tau, "estimated_noise_rate": rate})
         last = epoch + 1 == cfg.epochs
         evaluated = last or (epoch + 1) % cfg.eval_every == 0
         if evaluated:
@@ -355,7 +375,7 @@ def fit(
         # Tracking evaluates every training row: it follows --eval-every like the test set.
         tracked_now = is_corrupted is not None and evaluated
         if tracked_now:
-            tracked = outputs(states, images, member_labels)
+            tracked = outputs(states, hparams, images, member_labels)
             lap("track")
         step_now = (epoch + 1) * steps_per_epoch
         epoch_records = []  # Logged once the checkpoint is saved.
@@ -376,6 +396,8 @@ def fit(
                 "train_accuracy_noisy": float(epoch_metrics["correct"][m]) / count,
                 "frac_low_weight": float(epoch_metrics["low_weight"][m]) / count,
             }
+            if chosen is not None:
+                record["auto_tau"], record["estimated_noise_rate"] = chosen[m]
             if evaluated:
                 record["test_accuracy"] = float(accuracies[m])
             if tracked_now:
@@ -410,25 +432,31 @@ def fit(
     for path, member_history, n in zip(record_paths, history, sizes, strict=True):
         records.write_history(path, member_history, n)  # Gathers the epoch files.
     lap("records")
-    aum_sum = [np.sum(h["margin_sum"], axis=0, dtype=np.float64).reshape(n)
-               for h, n in zip(history, sizes, strict=True)]  # fmt: skip
-    aum_count = [np.sum(h["margin_count"], axis=0, dtype=np.int64).reshape(n)
-                 for h, n in zip(history, sizes, strict=True)]  # fmt: skip
+    aum = [
+        detection.aum_sums_from_epoch(
+            np.reshape(h["margin_sum"], (-1, n)), np.reshape(h["margin_count"], (-1, n)),
+            aum_from_epoch,
+        )
+        for h, n in zip(history, sizes, strict=True)
+    ]  # fmt: skip
+    aum_sum, aum_count = [a for a, _ in aum], [c for _, c in aum]
     if accuracies is None:  # Resumed with every epoch done.
         accuracies = test_accuracy(states)
     return Fitted(
         states=states,
-        outputs=functools.partial(outputs, states),
+        outputs=functools.partial(outputs, states, hparams),
         aum_sum=aum_sum,
         aum_count=aum_count,
         test_accuracy=[float(a) for a in accuracies],
         # The last epoch's tracked outputs are the final model's.
         training_outputs=functools.cache(
-            lambda: tracked if tracked is not None else outputs(states, images, member_labels)
+            lambda: (
+                tracked if tracked is not None else outputs(states, hparams, images, member_labels)
+            )
         ),
         held_out_outputs=functools.cache(
             lambda: _held_out_outputs(
-                functools.partial(outputs, states), images, member_labels, members
+                functools.partial(outputs, states, hparams), images, member_labels, members
             )
         ),
     )
@@ -510,7 +538,7 @@ def _device_programs(
     return (epoch_fn, *eval_fns)
 
 
-def _device_engine(images, members, mesh, programs, hparams):
+def _device_engine(images, members, mesh, programs):
     """``(run_epoch, outputs)`` with the split on the devices, all members in one stack."""
     epoch_fn, eval_fn, per_member_fn, held_out_fn = programs
     data = train.replicate(device_loop.stack_data(images, members), mesh)
@@ -518,10 +546,10 @@ def _device_engine(images, members, mesh, programs, hparams):
     order_keys = jnp.stack([m.keys[2] for m in members])
     placed: dict[int, Any] = {}  # Image arrays already on the devices, by identity.
 
-    def run_epoch(states, epoch):  # The epoch program returns host metrics.
+    def run_epoch(states, hparams, epoch):  # The epoch program returns host metrics.
         return epoch_fn(states, data, hparams, step_keys, order_keys, jnp.int32(epoch))
 
-    def outputs(states, eval_images, labels, member_of_row=None, rows=None):
+    def outputs(states, hparams, eval_images, labels, member_of_row=None, rows=None):
         if eval_images is images:
             on_devices = data.images
         else:
@@ -546,8 +574,8 @@ def _device_engine(images, members, mesh, programs, hparams):
     return run_epoch, outputs
 
 
-def _streaming_engine(cfg, images, member, mesh, step_config, hparams, mean, std,
-                      steps_per_epoch, progress):  # fmt: skip
+def _streaming_engine(cfg, images, member, mesh, step_config, mean, std, steps_per_epoch,
+                      progress):  # fmt: skip
     """``(run_epoch, outputs)`` for one member, batches streamed from the host a step at a time.
 
     The state keeps the stack's leading axis (of size 1) on the devices: the step and the
@@ -574,7 +602,7 @@ def _streaming_engine(cfg, images, member, mesh, step_config, hparams, mean, std
     member_labels = np.asarray(member.labels)[member.rows]
     num_rows = len(member.rows)
 
-    def run_epoch(states, epoch):
+    def run_epoch(states, hparams, epoch):
         order = input_pipeline.epoch_permutation(member.keys[2], epoch, num_rows)
         batches = (
             input_pipeline.process_slice(batch, jax.process_index(), jax.process_count())
@@ -603,7 +631,7 @@ def _streaming_engine(cfg, images, member, mesh, step_config, hparams, mean, std
         metrics["margin_sum"], metrics["margin_count"] = margin_sum[None], margin_count[None]
         return states, metrics
 
-    def outputs(states, eval_images, labels, member_of_row=None):
+    def outputs(states, hparams, eval_images, labels, member_of_row=None):
         out = train.evaluate(
             eval_fn, states, eval_images, np.asarray(labels)[0], hparams, mesh=mesh,
             batch_size=cfg.eval_batch_size,

@@ -452,16 +452,40 @@ def test_aum_detect_hand_made():
     aum_b = np.array([4.0, 0.0, -4.0, 6.0, -6.0])
     thr_a = np.array([False, False, False, True, True])  # Threshold AUMs -1, -2.
     thr_b = np.array([True, True, False, False, False])  # Threshold AUMs 4, 0.
-    is_flagged, score = detection.aum_detect([aum_a, aum_b], [thr_a, thr_b], percentile=100)
+    is_flagged, score = detection.aum_detect(
+        [aum_a, aum_b], [thr_a, thr_b], percentile=100, rule="mean"
+    )
     # Thresholds: run a -1, run b 4. Scores: threshold - AUM, averaged over the runs judging.
     np.testing.assert_allclose(score, [-3.0, 2.0, (-2.0 + 8.0) / 2, -2.0, 10.0])
     np.testing.assert_array_equal(is_flagged, [False, True, True, False, True])
+    # The reference rule (the default): flagged only when every run judging it flags it. Example
+    # 2 is judged by both runs, flagged by b (8) but not by a (-2): the smallest score, -2.
+    is_flagged, score = detection.aum_detect([aum_a, aum_b], [thr_a, thr_b], percentile=100)
+    np.testing.assert_allclose(score, [-3.0, 2.0, -2.0, -2.0, 10.0])
+    np.testing.assert_array_equal(is_flagged, [False, True, False, False, True])
+    with pytest.raises(ValueError, match="rule='max' is not one of"):
+        detection.aum_detect([aum_a], [thr_a], rule="max")
     # One run: its threshold examples are not judged.
     is_flagged, score = detection.aum_detect([aum_a], [thr_a], percentile=100)
     np.testing.assert_array_equal(is_flagged, [False, True, False, False, False])
     np.testing.assert_array_equal(np.isnan(score), thr_a)
     with pytest.raises(ValueError, match="same positive number"):
         detection.aum_detect([aum_a, aum_b], [thr_a])
+
+
+def test_aum_sums_leave_out_the_first_epoch():
+    # Epoch 0's margins are large (initialisation); from epoch 1 on, example 1 is mislabelled.
+    sums = np.array([[9.0, 9.0, 9.0], [2.0, -4.0, 1.0], [4.0, -2.0, 1.0]])
+    counts = np.array([[1, 1, 1], [1, 2, 1], [1, 2, 1]])
+    total, count = detection.aum_sums_from_epoch(sums, counts, first_epoch=1)
+    np.testing.assert_array_equal(total, [6.0, -6.0, 2.0])
+    np.testing.assert_array_equal(count, [2, 4, 2])
+    np.testing.assert_allclose(detection.aum_scores(total, count), [3.0, -1.5, 1.0])
+    every, _ = detection.aum_sums_from_epoch(sums, counts)
+    np.testing.assert_array_equal(every, [15.0, 3.0, 11.0])
+    # A one-epoch history is counted whole rather than left empty.
+    one, _ = detection.aum_sums_from_epoch(sums[:1], counts[:1], first_epoch=1)
+    np.testing.assert_array_equal(one, [9.0, 9.0, 9.0])
 
 
 def test_aum_end_to_end_flags_the_mislabelled():
@@ -640,8 +664,8 @@ def test_property_aum_threshold_and_detect(runs, percentiles):
         assert isinstance(at_low, float) and np.isfinite(at_low)
         assert aum[ok].min() <= at_low <= at_high <= aum[ok].max()
         thresholds.append(at_low)
-    flagged, score = detection.aum_detect(aums, masks, low)
-    flagged_high, _ = detection.aum_detect(aums, masks, high)
+    flagged, score = detection.aum_detect(aums, masks, low, rule="mean")
+    flagged_high, _ = detection.aum_detect(aums, masks, high, rule="mean")
     chex.assert_shape([flagged, score], aums[0].shape)
     assert flagged.dtype == np.bool_
     judged = np.stack([~m & np.isfinite(a) for a, m in zip(aums, masks, strict=True)])
@@ -654,6 +678,13 @@ def test_property_aum_threshold_and_detect(runs, percentiles):
     np.testing.assert_allclose(score, want, rtol=1e-12, atol=1e-9)
     if len(aums) == 1:
         np.testing.assert_array_equal(flagged, judged[0] & (aums[0] < thresholds[0]))
+    # The reference rule: the smallest term over the judging runs; every judging run must flag.
+    every, smallest = detection.aum_detect(aums, masks, low)
+    terms_or_inf = np.where(judged, np.array(thresholds)[:, None] - np.stack(aums), np.inf)
+    want_smallest = np.where(judged.any(axis=0), terms_or_inf.min(axis=0), np.nan)
+    np.testing.assert_allclose(smallest, want_smallest, rtol=1e-12, atol=1e-9)
+    np.testing.assert_array_equal(every, judged.any(axis=0) & (terms_or_inf > 0).all(axis=0))
+    assert not (every & ~flagged).any()  # A subset of the mean rule's flags.
 
 
 @st.composite

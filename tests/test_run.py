@@ -327,10 +327,10 @@ def test_aum_detector_two_runs_with_disjoint_threshold_examples(tmp_path):
         per_epoch = saved["margin_count_history"]
         assert per_epoch.shape == (2, n) and set(np.unique(per_epoch)) <= {0, 1}
         assert per_epoch.sum() == 2 * (n // 64) * 64
-        counts.append(per_epoch.sum(0))
+        counts.append(per_epoch[1:].sum(0))  # The reference AUM leaves the first epoch out.
     seen = np.where(t0, counts[1], counts[0]) > 0
     np.testing.assert_array_equal(np.isfinite(pred["aum"]), seen)
-    assert seen.mean() > 0.99
+    assert seen.mean() > 0.97
     summary = json.loads((workdir / "summary.json").read_text())
     aum = summary["detection"]["aum"]
     assert aum["num_flagged"] == int(pred["is_flagged_aum"].sum()) > 0

@@ -386,3 +386,17 @@ def test_training_groups_respect_max_models_and_sequential(tmp_path):
     assert sweep.main([
         "--max-models=0", "--detectors=pt", "--seeds=0", f"--workdir={tmp_path / 'w'}",
     ]) == 2  # fmt: skip
+
+
+def test_tau_auto_cells_choose_tau_and_their_rows_say_so():
+    from robust_losses_jax.config import Config
+
+    ((name, hparams),) = sweep.parse_losses("cutoff:tau=auto")
+    assert (name, hparams) == ("cutoff", {"tau": "auto"})
+    cell = sweep.Cell(name, tuple(hparams.items()), "default", "symmetric", 0.2, "pt", 0)
+    cfg = cell.config(Config())
+    assert cfg.auto_tau and "tau" not in cfg.loss_hparams
+    assert cell.name == "cutoff_tauauto_ddefault_symmetric0.2_pt_s0"
+    assert sweep.row_hparams(cfg.to_json())["tau"] == "auto"
+    with pytest.raises(ValueError, match="is not a number"):
+        sweep.parse_losses("cutoff:gamma=auto")

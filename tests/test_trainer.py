@@ -1,6 +1,7 @@
 """trainer.fit beyond what the runner's end-to-end tests see: phase times, shared programs,
 held-out outputs."""
 
+import dataclasses
 import functools
 import time
 
@@ -83,7 +84,7 @@ def test_fits_with_equal_settings_share_their_compiled_programs(tmp_path):
 
 def test_held_out_outputs_are_each_members_own_rows_from_one_evaluation(tmp_path):
     """A sweep's stack holds several runs' folds, whose held-out rows overlap: each member is
-    evaluated on its own held-out rows only (not every member on every row, as before), and
+    evaluated on its own held-out rows only (not every member on every row), and
     gets what evaluating it on every row and keeping those rows gives."""
     import numpy as np
 
@@ -113,3 +114,48 @@ def test_held_out_outputs_are_each_members_own_rows_from_one_evaluation(tmp_path
                 held_out[m][name], everywhere[name][m][rows], atol=1e-5, err_msg=name
             )
         np.testing.assert_array_equal(held_out[m]["pred"], everywhere["pred"][m][rows])
+
+
+def test_auto_tau_is_chosen_after_the_delay_recorded_and_traced(tmp_path):
+    """--tau=auto: after the delay, tau is the p_t quantile at the noise rate estimated from the
+    model's own probabilities; it is recorded, and it is a traced value: a run with a fixed tau
+    compiled every program the auto run needs. A resumed run reads the chosen tau back."""
+    import json
+
+    import numpy as np
+
+    compiles = []
+
+    def on_event(event: str, seconds: float, **_) -> None:
+        if event.startswith("/jax/core/compile/"):
+            compiles.append(event)
+
+    settings = {"loss": "cutoff", "delay_epochs": 1, "epochs": 3}
+    jax.monitoring.register_event_duration_secs_listener(on_event)
+    try:
+        run_on_digits(tmp_path / "fixed", loss_hparams={"tau": 0.1}, **settings)
+        before = len(compiles)
+        run_on_digits(tmp_path / "auto", auto_tau=True, **settings)
+        assert len(compiles) == before
+    finally:
+        jax.monitoring.unregister_event_duration_listener(on_event)
+    chosen = json.loads((tmp_path / "auto" / "auto_tau.json").read_text())
+    assert 0.0 < chosen["tau"] < 1.0 and 0.05 < chosen["estimated_noise_rate"] < 0.5, chosen
+    lines = [json.loads(x) for x in (tmp_path / "auto" / "metrics.jsonl").read_text().splitlines()]
+    assert lines[0]["auto_tau"] == chosen["tau"] and "auto_tau" not in lines[1]
+    assert lines[0]["frac_low_weight"] == 0.0 < lines[1]["frac_low_weight"]  # Cutoff from epoch 2.
+
+    cfg = config_lib.Config(
+        dataset="sklearn_digits", model="mlp", batch_size=64, eval_batch_size=256,
+        train_size=600, loss="cutoff", delay_epochs=1, auto_tau=True,
+        checkpoint_min_interval=0,
+    )  # fmt: skip
+    quiet = {"progress": False, "log": lambda _: None}
+    experiment.train_and_evaluate(dataclasses.replace(cfg, epochs=3), tmp_path / "whole", **quiet)
+    experiment.train_and_evaluate(dataclasses.replace(cfg, epochs=2), tmp_path / "res", **quiet)
+    experiment.train_and_evaluate(
+        dataclasses.replace(cfg, epochs=3), tmp_path / "res", resume=True, **quiet
+    )
+    want, got = (np.load(tmp_path / d / "predictions.npz") for d in ("whole", "res"))
+    for name in want.files:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
