@@ -1,9 +1,9 @@
 """Writing a run's per-example training record: one file per epoch against the whole history.
 
 A run records, per epoch and training example, the AUM margin sum (float32) and count (uint8)
-and ``p_t`` (float16). Until session 7 the whole record (``[E, N]`` per field) was rewritten
-after every epoch, which is O(E^2) bytes over a run; ``records.write_epoch`` writes each epoch to
-a file of its own and ``records.write_history`` gathers them once at the end. This times both
+and ``p_t`` (float16). Rewriting the whole record (``[E, N]`` per field) after every epoch
+costs O(E^2) bytes over a run; ``records.write_epoch`` writes each epoch to a file of its own
+and ``records.write_history`` gathers them once at the end. This times both
 on the same data, in one run, in a temporary directory on the disk of ``--dir``.
 
     python -m benchmarks.bench_records            # 50,000 examples (CIFAR-10), 200 epochs

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU measurements of the speed issue in one call of under 10 minutes (a lent GPU machine has
-# 15 minutes of device time per session). Needs .bench_data/fmnist.npz (images/labels, the first
+# 15 minutes of device time). Needs .bench_data/fmnist.npz (images/labels, the first
 # 11,000 Fashion-MNIST training examples; make it here with `make bench-data`) carried along, and
 # writes each benchmark's output to $OUT (default: bench_out/). Usage, from the repository root:
 #   OUT=/some/dir bash benchmarks/gpu_suite.sh
@@ -25,11 +25,16 @@ step kfold20 200 $PY -m benchmarks.bench_kfold --npz=$NPZ --epochs=20 --warm
 # 2. ResNet-18, bfloat16, batch 512: examples/s and fraction of peak.
 step resnet18_bf16_b512 120 $PY -m benchmarks.bench_train --models=resnet18 --dtype=bfloat16 \
   --no-stream --batch-size=512 --steps=40
-# 3. The 5-fold protocol with a checkpoint per epoch and model (the runner's default before
-# session 7, which saves at most once a minute): what the per-model costs add.
+# 3. The 5-fold protocol with a checkpoint per epoch and model (--checkpoint-min-interval=0; the
+# runner's default saves at most once a minute): what the per-model costs add.
 step kfold20_ckpt_every 150 $PY -m benchmarks.bench_kfold --npz=$NPZ --epochs=20 --warm \
   --checkpoint-min-interval=0 --no-torch
-# 4. A sweep of 6 CL cells (3 losses x 2 seeds, 5 folds each) with and without cross-cell stacks.
+# 4. The whole label audit of all 60,000 Fashion-MNIST images (5 folds stacked, CL, the CSV):
+# the goal is under 60 s (needs .bench_data/fmnist60k.npz, `make bench-data`; the torch row
+# runs only where torch is installed).
+[ -f .bench_data/fmnist60k.npz ] && step audit60k 240 $PY -m benchmarks.bench_audit \
+  --npz=.bench_data/fmnist60k.npz --train-size=0 --epochs=5
+# 5. A sweep of 6 CL cells (3 losses x 2 seeds, 5 folds each) with and without cross-cell stacks.
 $PY - <<'PY'
 import numpy as np
 with np.load(".bench_data/fmnist.npz") as f:
