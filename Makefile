@@ -1,11 +1,19 @@
-# Set-up and entry points. `make run` and `make test` each build .venv on first use.
+# Set-up and entry points. `make run` and `make test` each build .venv on first use; `make test`
+# also builds .venv312 (Python 3.12, Colab's), the kernel tests/test_notebook.py executes
+# notebooks/quickstart.ipynb with.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# Python 3.12: pyenv's 3.12.x when pyenv has one, else python3.12 on PATH.
+PYTHON312 ?= $(or $(lastword $(wildcard $(shell pyenv root 2>/dev/null)/versions/3.12*/bin/python3)),$(shell command -v python3.12 2>/dev/null),python3.12)
+VENV312 ?= .venv312
+BIN312 := $(VENV312)/bin
+# The Jupyter kernel installed into .venv312 (its share/jupyter/kernels), run by the notebook test.
+NOTEBOOK_KERNEL := robust_losses_jax_py312
 FASHION_MNIST_DEB := /usr/share/datasets/fashion-mnist
 RUN_FLAGS ?= --loss=power --gamma=2
 
-.PHONY: run test lint bench bench-data data venv clean
+.PHONY: run test lint bench bench-data data venv venv312 clean
 
 venv: $(BIN)/.installed
 
@@ -15,6 +23,22 @@ $(BIN)/.installed: setup.py requirements.txt requirements-test.txt
 	$(BIN)/python -m pip install -r requirements.txt -r requirements-test.txt
 	$(BIN)/python -m pip install --no-deps --no-build-isolation -e . || \
 	  $(BIN)/python -m pip install --no-deps -e .
+	touch $@
+
+# Python 3.12 venv for the notebook test: requirements.txt (its markers pick the jax 0.12 line),
+# requirements-notebook.txt (nbclient, ipykernel) and a kernel spec named $(NOTEBOOK_KERNEL).
+venv312: $(BIN312)/.installed
+
+$(BIN312)/.installed: setup.py requirements.txt requirements-notebook.txt
+	@$(PYTHON312) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' 2>/dev/null || \
+	  { echo "venv312: no Python 3.12 at '$(PYTHON312)'; pass PYTHON312=/path/to/python3.12" >&2; exit 1; }
+	$(PYTHON312) -m venv $(VENV312)
+	$(BIN312)/python -m pip install --quiet --upgrade pip
+	$(BIN312)/python -m pip install -r requirements.txt -r requirements-notebook.txt
+	$(BIN312)/python -m pip install --no-deps --no-build-isolation -e . || \
+	  $(BIN312)/python -m pip install --no-deps -e .
+	$(BIN312)/python -m ipykernel install --sys-prefix --name $(NOTEBOOK_KERNEL) \
+	  --display-name "Python 3.12 (robust_losses_jax)"
 	touch $@
 
 # Fashion-MNIST for offline use: Debian's dataset-fashion-mnist (the original IDX files).
@@ -27,7 +51,7 @@ data:
 run: venv data
 	$(BIN)/python -m experiments.run $(RUN_FLAGS)
 
-test: venv data
+test: venv venv312 data
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -n 2 tests
 
@@ -48,4 +72,4 @@ bench-data: venv data
 	  np.savez('.bench_data/fmnist.npz', images=s.images, labels=s.labels)"
 
 clean:
-	rm -rf $(VENV) *.egg-info
+	rm -rf $(VENV) $(VENV312) *.egg-info
