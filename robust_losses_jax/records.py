@@ -47,6 +47,7 @@ def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "w") -> N
     try:
         with os.fdopen(fd, mode) as f:
             write(f)
+        os.chmod(tmp, _new_file_mode())  # mkstemp's 0600 would hide the file from other users.
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -75,6 +76,13 @@ def strict_json(obj: Any) -> Any:
 def dumps(obj: Any, **kwargs: Any) -> str:
     """Strict JSON text of ``obj`` (:func:`strict_json`; ``allow_nan=False`` checks it)."""
     return json.dumps(strict_json(obj), allow_nan=False, sort_keys=True, **kwargs)
+
+
+def _new_file_mode() -> int:
+    """The mode ``open()`` gives a new file: 0666 less the process's umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def write_json(path: Path, obj: Any) -> None:

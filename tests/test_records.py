@@ -125,3 +125,20 @@ def test_atomic_write_leaves_the_old_file_when_the_writer_fails(tmp_path):
         1,
         2,
     ]
+
+
+def test_written_files_are_strict_json_and_get_the_usual_mode(tmp_path):
+    import json
+    import os
+    import stat
+
+    import numpy as np
+
+    from robust_losses_jax import records
+
+    path = tmp_path / "out.json"
+    records.write_json(path, {"f1": float("nan"), "auroc": np.float32(0.5), "rates": [np.inf, 1.0]})
+    assert json.loads(path.read_text()) == {"auroc": 0.5, "f1": None, "rates": [None, 1.0]}
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask  # Not mkstemp's 0600.
