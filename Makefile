@@ -64,12 +64,17 @@ bench: venv
 	$(BIN)/python -m benchmarks.bench_train --quick
 	$(BIN)/python -m benchmarks.bench_kfold --quick
 
-# The first 11,000 Fashion-MNIST training examples as one .npz (images, labels), for machines
-# without tfds or the Debian files (the lent GPU machine): `benchmarks/gpu_suite.sh` reads it.
+# The first 11,000 Fashion-MNIST training examples as one .npz (images, labels), and the whole
+# dataset as an npz:PATH dataset (fmnist60k.npz), for machines without tfds or the Debian files
+# (the lent GPU machine): `benchmarks/gpu_suite.sh` reads them.
 bench-data: venv data
 	$(BIN)/python -c "from robust_losses_jax import input_pipeline as ip; import numpy as np, os; \
 	  s = ip.load_split('fashion_mnist', 'train', num_examples=11000); os.makedirs('.bench_data', exist_ok=True); \
 	  np.savez('.bench_data/fmnist.npz', images=s.images, labels=s.labels)"
+	$(BIN)/python -c "from robust_losses_jax import input_pipeline as ip; import numpy as np; \
+	  tr, te = ip.load_split('fashion_mnist', 'train'), ip.load_split('fashion_mnist', 'test'); \
+	  np.savez_compressed('.bench_data/fmnist60k.npz', train_images=tr.images, train_labels=tr.labels, \
+	  test_images=te.images, test_labels=te.labels, class_names=np.array(tr.class_names))"
 
 clean:
 	rm -rf $(VENV) $(VENV312) *.egg-info
