@@ -32,8 +32,6 @@ cli.quiet_startup(sys.argv[1:])  # Before JAX or TensorFlow starts (both read th
 
 from experiments import run  # noqa: E402
 
-LOSS_DEFAULT_NOTE = "(default here: power with --gamma=0.5)"
-
 
 def build_parser() -> cli.ConfigParser:
     """The runner's flags with the audit's defaults (``audit.AUDIT_DEFAULTS``; a ``--preset``
@@ -134,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     import jax
     import numpy as np
 
-    from robust_losses_jax import audit, experiment, input_pipeline, records, trainer
+    from robust_losses_jax import audit, experiment, input_pipeline, records, trainer, user_data
     from robust_losses_jax import config as config_lib
 
     run.xla_setup.enable_compilation_cache(args.compilation_cache)
@@ -144,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--top {args.top} must be >= 1.")
         cfg = build_config(args)
         config_lib.validate(cfg, num_devices=jax.device_count())
-        input_pipeline.check_dataset(cfg.dataset, args.data_dir)
+        if not user_data.is_user_dataset(cfg.dataset):  # Loading checks the user's own.
+            input_pipeline.check_dataset(cfg.dataset, args.data_dir)
         train, test = experiment.load_splits(cfg, args.data_dir)
         train = train.take(cfg.train_size and min(cfg.train_size, len(train)))
         audit.check_training_split(train, where=f"--dataset={cfg.dataset}")

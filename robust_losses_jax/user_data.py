@@ -39,25 +39,20 @@ def is_user_dataset(name: str) -> bool:
 def load_split(name: str, split: str) -> Split:
     """``split`` (``'train'`` or ``'test'``) of ``npz:PATH`` or ``folder:PATH``.
 
-    A missing test split is an empty :class:`Split` with the training images' shape.
+    A missing test split is an empty :class:`Split` (an npz's has the training images' shape).
     """
     if split not in ("train", "test"):
         raise ValueError(f"{name} has splits 'train' and 'test', not {split!r}.")
     if name.startswith(NPZ_PREFIX):
         return load_npz_split(name.removeprefix(NPZ_PREFIX), split)
     if name.startswith(FOLDER_PREFIX):
-        train = load_folder(name.removeprefix(FOLDER_PREFIX))
-        return train if split == "train" else _empty_like(train)
+        path = name.removeprefix(FOLDER_PREFIX)
+        if split == "train":
+            return load_folder(path)
+        # No test split: an empty one, without reading every image again for its shape.
+        names = tuple(f.name for f in class_folders(path))
+        return Split(np.zeros((0, 0, 0, 0), np.uint8), np.zeros(0, np.int32), len(names), names)
     raise ValueError(f"{name!r} is not npz:PATH or folder:PATH.")
-
-
-def _empty_like(split: Split) -> Split:
-    return Split(
-        images=np.zeros((0, *split.images.shape[1:]), np.uint8),
-        labels=np.zeros((0,), np.int32),
-        num_classes=split.num_classes,
-        class_names=split.class_names,
-    )
 
 
 def _check_labels(where: str, array: str, labels: np.ndarray, num_images: int) -> None:
