@@ -134,9 +134,9 @@ def rank_label_issues(
     if is_label_issue is not None:
         flagged = np.asarray(is_label_issue, bool)
     overall, per_class = detection.estimated_noise_rates(labels, probs)
-    names = tuple(class_names) if class_names is not None else ()
+    names = tuple(class_names) if class_names is not None else tuple(map(str, range(num_classes)))
     if len(names) != num_classes:
-        names = tuple(str(k) for k in range(num_classes))
+        raise ValueError(f"{len(names)} class names for {num_classes} classes; pass one per class.")
     return LabelIssues(
         given_label=labels,
         suggested_label=probs.argmax(axis=1),
@@ -216,6 +216,8 @@ def find_label_issues(
     if num_classes is None:
         num_classes = len(class_names) if class_names else int(labels.max()) + 1
     names = tuple(class_names) if class_names else tuple(str(k) for k in range(num_classes))
+    if len(names) != num_classes:
+        raise ValueError(f"{len(names)} class names for {num_classes} classes; pass one per class.")
     train = input_pipeline.Split(images, labels.astype(np.int32), num_classes, names)
     check_training_split(train, where="images/labels")
     if test_images is None:

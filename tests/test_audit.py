@@ -97,6 +97,8 @@ def test_bad_probabilities_are_one_line_errors():
         audit.rank_label_issues([0, 1], [[0.5, 0.5], [0.9, 0.3]])
     with pytest.raises(ValueError, match=r"labels must be in \[0, 2\)"):
         audit.rank_label_issues([0, 2], [[0.5, 0.5], [0.5, 0.5]])
+    with pytest.raises(ValueError, match=r"3 class names for 2 classes"):
+        audit.rank_label_issues([0, 1], [[0.5, 0.5], [0.5, 0.5]], class_names=["a", "b", "c"])
 
 
 def _digits_with_planted_errors(num_flipped: int = 75):
