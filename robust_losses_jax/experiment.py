@@ -705,7 +705,8 @@ def summarise(cfg, workdir: Path, data, predictions, extra, *, num_devices: int,
     for name in ("confident_learning", "aum"):
         if name in extra:
             detection_scores[name] = extra.pop(name)
-    if not is_corrupted.any():  # Nothing injected: no ground truth to score the flags against.
+    injected = bool(is_corrupted.any())
+    if not injected:  # Nothing injected: no ground truth to score the flags against.
         detection_scores = {
             name: {"num_flagged": scores["num_flagged"]}
             for name, scores in detection_scores.items()
@@ -716,9 +717,12 @@ def summarise(cfg, workdir: Path, data, predictions, extra, *, num_devices: int,
         "test_accuracy": extra.pop("test_accuracy"),
         **extra,
         "train_accuracy_true_labels": float(np.mean(predictions["pred"] == data["true_label"])),
+        # Of no corrupted examples it is undefined.
         "memorised_fraction": memorised_fraction(
             predictions["pred"], data["given_label"], is_corrupted
-        ),
+        )
+        if injected
+        else None,
         "num_train": len(data["given_label"]),
         "num_corrupted": int(is_corrupted.sum()),
         "realised_noise_rate": float(report["realised_rate"]),
@@ -727,8 +731,6 @@ def summarise(cfg, workdir: Path, data, predictions, extra, *, num_devices: int,
         "epochs": cfg.epochs,
         "devices": num_devices,
     }
-    if not is_corrupted.any():
-        summary["memorised_fraction"] = None  # Of no corrupted examples: undefined.
     summary = strict_json(summary)  # NaN (undefined) values are None, as in the file.
     write_json(workdir / "summary.json", summary)
     return summary

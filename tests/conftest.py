@@ -1,9 +1,14 @@
 """Test set-up: 8 simulated CPU devices (for the data-parallel tests), set before JAX starts."""
 
 import os
+import signal
+import subprocess
+import sys
 import tempfile
+import time
 
 import hypothesis
+import pytest
 
 from robust_losses_jax import xla_setup
 
@@ -21,3 +26,27 @@ os.environ["XDG_CACHE_HOME"] = os.path.join(
     tempfile.gettempdir(),
     f"robust_losses_jax_test_cache_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}",
 )
+
+
+@pytest.fixture
+def sigkill_after_lines():
+    """``kill(module, flags, workdir, lines)``: run ``python -m module *flags --workdir=workdir``
+    in a subprocess and SIGKILL it once its ``metrics.jsonl`` has ``lines`` lines (a moment
+    later, into the next epoch); fails if it finished before the kill."""
+
+    def kill(module: str, flags: list[str], workdir, lines: int) -> None:
+        process = subprocess.Popen(
+            [sys.executable, "-m", module, *flags, f"--workdir={workdir}"],
+            env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        metrics = workdir / "metrics.jsonl"
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and process.poll() is None:
+            if metrics.exists() and len(metrics.read_text().splitlines()) >= lines:
+                break
+            time.sleep(0.05)
+        time.sleep(0.3)  # Into the next epoch.
+        process.send_signal(signal.SIGKILL)
+        assert process.wait(timeout=60) == -signal.SIGKILL, f"{module} finished before the kill"
+
+    return kill

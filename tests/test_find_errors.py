@@ -128,29 +128,13 @@ def test_pred_probs_skip_training_and_rank_as_the_library_does(tmp_path, digits_
     np.testing.assert_array_equal(np.load(workdir / "pred_probs.npy"), probs)
 
 
-def test_sigkill_then_resume_matches_an_uninterrupted_audit(tmp_path, digits_npz):
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
+def test_sigkill_then_resume_matches_an_uninterrupted_audit(
+    tmp_path, digits_npz, sigkill_after_lines
+):
     path, _ = digits_npz
     flags = [f"--dataset=npz:{path}", "--epochs=6", "--batch-size=16", *FAST[:1], *FAST[2:]]
     killed = tmp_path / "killed"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "experiments.find_errors", *flags, f"--workdir={killed}"],
-        env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    metrics = killed / "metrics.jsonl"
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and process.poll() is None:
-        if metrics.exists() and len(metrics.read_text().splitlines()) >= 2 * 5:  # 2 epochs.
-            break
-        time.sleep(0.05)
-    time.sleep(0.3)
-    process.send_signal(signal.SIGKILL)
-    assert process.wait(timeout=60) == -signal.SIGKILL, "the audit finished before it was killed"
+    sigkill_after_lines("experiments.find_errors", flags, killed, 2 * 5)  # 2 epochs x 5 folds.
     assert not (killed / "label_issues.csv").exists()
     assert find_errors.main([*flags, f"--workdir={killed}", "--resume"]) == 0
     reference = tmp_path / "reference"

@@ -415,32 +415,15 @@ def test_a_damaged_checkpoint_names_itself_and_the_fallback(tmp_path, capsys):
     [(1, []), (2, []), (3, ["--checkpoint-every=2"])],
 )
 def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(
-    tmp_path, kill_after_epochs, extra
+    tmp_path, kill_after_epochs, extra, sigkill_after_lines
 ):
     """A real subprocess killed with SIGKILL after some epochs (in the next one), then --resume:
     the same predictions.npz, bit for bit, as a run never interrupted."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
     flags = [*BASE, "--loss=power", "--gamma=0.5", "--delay=1", "--batch-size=16",
              "--epochs=4", *extra]  # fmt: skip
     killed = tmp_path / "killed"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "experiments.run", *flags, f"--workdir={killed}"],
-        env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    sigkill_after_lines("experiments.run", flags, killed, kill_after_epochs)
     metrics = killed / "metrics.jsonl"
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and process.poll() is None:
-        if metrics.exists() and len(metrics.read_text().splitlines()) >= kill_after_epochs:
-            break
-        time.sleep(0.05)
-    time.sleep(0.3)  # Into the next epoch.
-    process.send_signal(signal.SIGKILL)
-    assert process.wait(timeout=60) == -signal.SIGKILL, "the run finished before it was killed"
     assert not (killed / "summary.json").exists()
     # A temporary file the kill interrupted may remain: it is never read (only final names are).
 
