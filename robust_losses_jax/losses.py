@@ -106,6 +106,12 @@ def _kept(log_pt: Array, tau: ArrayLike) -> Array:
     return jax.lax.stop_gradient(~(jnp.exp(log_pt) < tau))
 
 
+def _p_t_to_the(log_pt: Array, exponent: ArrayLike) -> Array:
+    """``p_t**exponent`` as ``exp(exponent * log p_t)``: finite, with a finite gradient, even where
+    ``p_t`` underflows to 0."""
+    return jnp.exp(exponent * log_pt)
+
+
 def _safe_pow(base: Array, exponent: ArrayLike) -> Array:
     """``base ** exponent`` for ``base >= 0`` with finite gradients at ``base == 0``.
 
@@ -201,8 +207,7 @@ def power(
     """
     _check_hparams("power", gamma=gamma, tau=tau)
     log_pt = log_p_t(logits, labels)
-    # exp(gamma * log p_t) == p_t**gamma, finite with a finite gradient even where p_t underflows.
-    weight = jnp.exp(gamma * log_pt)
+    weight = _p_t_to_the(log_pt, gamma)
     if detach:
         weight = jax.lax.stop_gradient(weight)
     return jnp.where(_kept(log_pt, tau), -weight * log_pt, 0.0)
@@ -226,6 +231,53 @@ def gce(logits: ArrayLike, labels: ArrayLike, *, q: ArrayLike = 0.7) -> Array:
     """
     _check_hparams("gce", q=q)
     return _one_minus_exp(q * log_p_t(logits, labels)) / q
+
+
+# --------------------------------------------------------------------------------------------------
+# Gradient weights: the factor by which a loss scales cross-entropy's gradient, per example.
+# --------------------------------------------------------------------------------------------------
+
+
+def _power_weight(log_pt: Array, *, gamma: ArrayLike = 2.0, tau: ArrayLike = 0.0, **_) -> Array:
+    # The detached loss's gradient is exactly this times cross-entropy's.
+    return jnp.where(_kept(log_pt, tau), _p_t_to_the(log_pt, gamma), 0.0)
+
+
+def _cutoff_weight(log_pt: Array, *, tau: ArrayLike = 0.1, **_) -> Array:
+    return _kept(log_pt, tau).astype(jnp.float32)
+
+
+def _focal_weight(log_pt: Array, *, gamma: ArrayLike = 2.0, **_) -> Array:
+    # The loss's own factor; the gradient through it (focal does not detach it) is left aside.
+    return _safe_pow(_one_minus_exp(log_pt), gamma)
+
+
+def _gce_weight(log_pt: Array, *, q: ArrayLike = 0.7, **_) -> Array:
+    # d/dz (1 - p_t**q) / q = p_t**q * d/dz (-log p_t).
+    return _p_t_to_the(log_pt, q)
+
+
+_WEIGHTS: dict[str, Callable[..., Array]] = {
+    "power": _power_weight,
+    "cutoff": _cutoff_weight,
+    "focal": _focal_weight,
+    "gce": _gce_weight,
+}
+
+
+def gradient_weight(name: str, logits: ArrayLike, labels: ArrayLike, **hparams: Any) -> Array:
+    """The factor by which loss ``name`` scales cross-entropy's gradient, per example, ``[...]``.
+
+    power: ``p_t**gamma`` where kept (0 below ``tau``); cutoff: ``[p_t >= tau]``; focal:
+    ``(1 - p_t)**gamma`` (its weight's own gradient aside); gce: ``p_t**q``; the other losses: 1
+    (reported, not meaningful). The same expressions the losses use, so a NaN ``p_t`` is kept by
+    both (``power``/``cutoff``'s mask). ``hparams``: the loss's, defaults as in the loss.
+    """
+    weight_fn = _WEIGHTS.get(canonical_name(name))
+    log_pt = log_p_t(logits, labels)
+    if weight_fn is None:
+        return jnp.ones_like(log_pt)
+    return weight_fn(log_pt, **hparams)
 
 
 def sce(

@@ -97,24 +97,49 @@ def loss_schedule(
     return schedule
 
 
-def scheduled_loss(loss_fn: losses.LossFn, schedule: ScheduleFn) -> Callable[..., Array]:
-    """The loss at a given step: cross-entropy during the delay, then ``loss_fn`` with scheduled
-    hyperparameters.
+def scheduled_loss(
+    loss_name: str,
+    step: jax.typing.ArrayLike,
+    hparams: Mapping[str, jax.typing.ArrayLike],
+    *,
+    delay_steps: int = 0,
+    ramp_steps: int = 0,
+    detach: bool = True,
+) -> tuple[Callable[..., Array], Callable[..., Array]]:
+    """The loss and its gradient weight at ``step``: cross-entropy during the delay, then
+    ``loss_name`` with its scheduled hyperparameters.
 
     Args:
-      loss_fn: a loss from :func:`losses.get_loss`.
-      schedule: from :func:`loss_schedule`.
+      loss_name: a name from :func:`losses.available_losses`.
+      step: the (traced) train step.
+      hparams: the loss's target hyperparameters (traced or concrete); those in
+        :data:`RAMPABLE` rise from 0 over ``ramp_steps`` after the delay, the others apply as
+        they are.
+      delay_steps, ramp_steps: as :func:`loss_schedule`.
+      detach: power's weight detached (a Python bool: it changes the program).
 
     Returns:
-      ``fn(logits [..., C], labels [...], step) -> [...]`` float32, traceable in ``step``.
+      ``(loss_fn, weight_fn)``, each ``(logits [..., C], labels [...]) -> [...]`` float32:
+      the per-example loss and :func:`losses.gradient_weight` (1 during the delay).
     """
+    targets = dict(hparams)
+    ramped = {k: targets[k] for k in RAMPABLE if k in targets}
+    schedule = loss_schedule(
+        delay_steps=delay_steps, ramp_steps=ramp_steps if ramped else 0, targets=ramped
+    )
+    now = schedule(step)
+    robust = now.pop("robust")
+    targets.update(now)
+    extra = {"detach": detach} if losses.canonical_name(loss_name) == "power" else {}
+    robust_fn = losses.get_loss(loss_name, **extra)
 
-    def fn(logits: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, step) -> Array:
-        hparams = schedule(step)
-        robust = hparams.pop("robust")
+    def loss_fn(logits: jax.typing.ArrayLike, labels: jax.typing.ArrayLike) -> Array:
         # Both branches are finite, so `where` keeps the gradient of the selected one only.
         return jnp.where(
-            robust, loss_fn(logits, labels, **hparams), losses.cross_entropy(logits, labels)
+            robust, robust_fn(logits, labels, **targets), losses.cross_entropy(logits, labels)
         )
 
-    return fn
+    def weight_fn(logits: jax.typing.ArrayLike, labels: jax.typing.ArrayLike) -> Array:
+        return jnp.where(robust, losses.gradient_weight(loss_name, logits, labels, **targets), 1.0)
+
+    return loss_fn, weight_fn

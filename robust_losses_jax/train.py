@@ -152,56 +152,12 @@ def create_train_state(
 # --------------------------------------------------------------------------------------------------
 
 
-def gradient_weight(
-    loss_name: str, logits: Array, labels: Array, hparams: Mapping[str, Array]
-) -> Array:
-    """The factor by which a loss scales cross-entropy's gradient for each example, ``[B]``.
-
-    power: ``p_t**gamma`` (0 below ``tau``); cutoff: ``[p_t >= tau]``; focal: ``(1-p_t)**gamma``
-    (its weight's own gradient aside); gce: ``p_t**q``; others: 1 (reported, not meaningful).
-    """
-    pt = losses.p_t(logits, labels)
-    name = losses.canonical_name(loss_name)
-    if name == "power":
-        weight = pt ** hparams.get("gamma", 2.0)
-        return jnp.where(pt >= hparams.get("tau", 0.0), weight, 0.0)
-    if name == "cutoff":
-        return (pt >= hparams.get("tau", 0.1)).astype(jnp.float32)
-    if name == "focal":
-        return (1.0 - pt) ** hparams.get("gamma", 2.0)
-    if name == "gce":
-        return pt ** hparams.get("q", 0.7)
-    return jnp.ones_like(pt)
-
-
-def _loss_at_step(config: StepConfig, step: Array, hparams: Mapping[str, Array]):
-    """``(loss_fn, weight_fn)`` at ``step``: each ``(logits, labels) -> [B]``.
-
-    ``loss_fn`` is cross-entropy during the delay, then the robust loss with its scheduled
-    hyperparameters; ``weight_fn`` is the matching gradient weight (1 during the delay).
-    """
-    targets = dict(hparams)
-    ramped = {k: targets[k] for k in schedules.RAMPABLE if k in targets}
-    schedule = schedules.loss_schedule(
-        delay_steps=config.delay_steps,
-        ramp_steps=config.ramp_steps if ramped else 0,
-        targets=ramped,
-    )
-    now = schedule(step)
-    robust = now.pop("robust")
-    targets.update(now)
-    extra = {"detach": config.detach} if losses.canonical_name(config.loss_name) == "power" else {}
-    robust_fn = losses.get_loss(config.loss_name, **extra)
-
-    def fn(logits, labels):
-        return jnp.where(
-            robust, robust_fn(logits, labels, **targets), losses.cross_entropy(logits, labels)
-        )
-
-    def weight_fn(logits, labels):
-        return jnp.where(robust, gradient_weight(config.loss_name, logits, labels, targets), 1.0)
-
-    return fn, weight_fn
+def _scheduled_loss(config: StepConfig, step: Array, hparams: Mapping[str, Array]):
+    """``(loss_fn, weight_fn)`` at ``step`` (:func:`schedules.scheduled_loss`)."""
+    return schedules.scheduled_loss(
+        config.loss_name, step, hparams, delay_steps=config.delay_steps,
+        ramp_steps=config.ramp_steps, detach=config.detach,
+    )  # fmt: skip
 
 
 def train_step(
@@ -243,7 +199,7 @@ def train_step(
     # keeps one-device runs identical to earlier versions, which folded in the device index.)
     dropout_key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, 2), state.step), 0)
     example_offset = jax.lax.axis_index(axis_name) * batch["label"].shape[0]
-    loss_fn, weight_fn = _loss_at_step(config, state.step, loss_hparams)
+    loss_fn, weight_fn = _scheduled_loss(config, state.step, loss_hparams)
     labels = batch["label"]
     has_bn = bool(jax.tree.leaves(state.batch_stats))
 
@@ -315,7 +271,7 @@ def eval_step(
         variables["batch_stats"] = state.batch_stats
     logits = state.apply_fn(variables, images, train=False).astype(jnp.float32)
     labels = batch["label"]
-    loss_fn, weight_fn = _loss_at_step(config, state.step, loss_hparams)
+    loss_fn, weight_fn = _scheduled_loss(config, state.step, loss_hparams)
     return {
         "logits": logits,
         "p_t": losses.p_t(logits, labels),

@@ -470,3 +470,47 @@ def test_direct_call_checks_concrete_hparams():
         losses.power(logits, labels, gamma=-1)
     with pytest.raises(ValueError, match=r"logits must be a float array"):
         losses.cross_entropy(np.zeros((2, 3), np.int32), np.zeros(2, np.int32))
+
+
+def test_gradient_weight_matches_loss_definitions():
+    rng = np.random.default_rng(0)
+    logits = jnp.asarray(rng.normal(size=(32, 5)) * 3, jnp.float32)
+    labels = jnp.asarray(rng.integers(0, 5, 32))
+    pt = np.asarray(losses.p_t(logits, labels))
+    np.testing.assert_allclose(
+        losses.gradient_weight("power", logits, labels, gamma=2.0, tau=0.1),
+        pt**2 * (pt >= 0.1), rtol=1e-5,
+    )  # fmt: skip
+    np.testing.assert_array_equal(
+        losses.gradient_weight("cutoff", logits, labels, tau=0.2), (pt >= 0.2).astype(float)
+    )
+    np.testing.assert_array_equal(losses.gradient_weight("ce", logits, labels), np.ones(32))
+    np.testing.assert_allclose(
+        losses.gradient_weight("blurry", logits, labels), pt**2, rtol=1e-5
+    )  # The loss's own default gamma.
+
+
+@pytest.mark.parametrize(
+    "name,hparams",
+    [("power", {"gamma": 0.5, "tau": 0.1}), ("cutoff", {"tau": 0.2}), ("gce", {"q": 0.7})],
+)
+def test_gradient_weight_scales_cross_entropy_gradient(name, hparams):
+    """The weight is what the loss's gradient is, per example, in units of cross-entropy's."""
+    rng = np.random.default_rng(1)
+    logits = jnp.asarray(rng.normal(size=(16, 4)) * 2, jnp.float32)
+    labels = jnp.asarray(rng.integers(0, 4, 16))
+    loss = losses.get_loss(name, **hparams)
+    grad = jax.grad(lambda x: loss(x, labels).sum())(logits)
+    grad_ce = jax.grad(lambda x: losses.cross_entropy(x, labels).sum())(logits)
+    weight = losses.gradient_weight(name, logits, labels, **hparams)
+    np.testing.assert_allclose(grad, weight[:, None] * grad_ce, rtol=2e-5, atol=1e-7)
+
+
+def test_gradient_weight_keeps_nan_as_the_loss_does():
+    """A NaN logit: power and cutoff keep the example (NaN loss), so their weight is not 0."""
+    logits = jnp.asarray([[np.nan, 0.0, 0.0], [3.0, 0.0, 0.0]], jnp.float32)
+    labels = jnp.asarray([0, 0])
+    for name in ("power", "cutoff"):
+        assert np.isnan(losses.get_loss(name, tau=0.5)(logits, labels)[0])
+        weight = losses.gradient_weight(name, logits, labels, tau=0.5)
+        assert weight[0] != 0.0  # NaN (power) or 1 (cutoff).

@@ -47,9 +47,11 @@ def test_schedule_without_ramp_keeps_targets():
 )
 def test_scheduled_loss_is_ce_during_delay_then_robust(name, targets):
     delay = 5
-    fn = schedules.scheduled_loss(
-        losses.get_loss(name), schedules.loss_schedule(delay_steps=delay, targets=targets)
-    )
+
+    def fn(logits, labels, step):
+        loss_fn, _ = schedules.scheduled_loss(name, step, targets, delay_steps=delay)
+        return loss_fn(logits, labels)
+
     logits, labels = _logits()
     ce = losses.cross_entropy(logits, labels)
     robust = losses.get_loss(name, **targets)(logits, labels)
@@ -64,10 +66,12 @@ def test_scheduled_loss_is_ce_during_delay_then_robust(name, targets):
 
 
 def test_ramp_moves_power_from_ce_to_target():
-    fn = schedules.scheduled_loss(
-        losses.get_loss("power"),
-        schedules.loss_schedule(delay_steps=2, ramp_steps=4, targets={"gamma": 2.0}),
-    )
+    def fn(logits, labels, step):
+        loss_fn, _ = schedules.scheduled_loss(
+            "power", step, {"gamma": 2.0}, delay_steps=2, ramp_steps=4
+        )
+        return loss_fn(logits, labels)
+
     logits, labels = _logits(1)
     ce = losses.cross_entropy(logits, labels)
     np.testing.assert_array_equal(fn(logits, labels, 2), ce)  # Ramp starts at gamma = 0.
@@ -80,10 +84,12 @@ def test_ramp_moves_power_from_ce_to_target():
 
 
 def test_step_is_traced_and_compiles_once():
-    fn = schedules.scheduled_loss(
-        losses.get_loss("cutoff"),
-        schedules.loss_schedule(delay_steps=3, ramp_steps=3, targets={"tau": 0.3}),
-    )
+    def fn(logits, labels, step):
+        loss_fn, _ = schedules.scheduled_loss(
+            "cutoff", step, {"tau": 0.3}, delay_steps=3, ramp_steps=3
+        )
+        return loss_fn(logits, labels)
+
     logits, labels = _logits(2)
     chex.clear_trace_counter()
 
@@ -116,3 +122,21 @@ def test_epochs_to_steps():
         schedules.epochs_to_steps(-1, 10)
     with pytest.raises(ValueError, match=r"steps_per_epoch=0 must be >= 1"):
         schedules.epochs_to_steps(1, 0)
+
+
+def test_scheduled_weight_is_one_during_delay_then_the_losses():
+    logits, labels = _logits(3)
+    targets = {"gamma": 2.0, "tau": 0.1}
+    for step, want in ((0, np.ones(32)), (4, losses.gradient_weight("power", logits, labels,
+                                                                     **targets))):  # fmt: skip
+        _, weight_fn = schedules.scheduled_loss("power", step, targets, delay_steps=4)
+        np.testing.assert_array_equal(weight_fn(logits, labels), want)
+
+
+def test_scheduled_loss_ramps_only_the_rampable():
+    """gce's q is not rampable: with a ramp it applies as it is, from the end of the delay."""
+    logits, labels = _logits(4)
+    loss_fn, _ = schedules.scheduled_loss("gce", 3, {"q": 0.5}, delay_steps=3, ramp_steps=10)
+    np.testing.assert_allclose(
+        loss_fn(logits, labels), losses.gce(logits, labels, q=0.5), rtol=1e-6
+    )

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from robust_losses_jax import input_pipeline as ip
-from robust_losses_jax import losses, models, train
+from robust_losses_jax import models, train
 
 
 @pytest.fixture(scope="module")
@@ -117,21 +117,6 @@ def test_non_finite_step_is_flagged_and_not_applied(digits):
     flags = [int(h["finite"]) for h in history]
     assert 0 in flags
     assert all(np.all(np.isfinite(np.asarray(p))) for p in jax.tree.leaves(state.params))
-
-
-def test_gradient_weight_matches_loss_definitions():
-    rng = np.random.default_rng(0)
-    logits = jnp.asarray(rng.normal(size=(32, 5)) * 3, jnp.float32)
-    labels = jnp.asarray(rng.integers(0, 5, 32))
-    pt = np.asarray(losses.p_t(logits, labels))
-    np.testing.assert_allclose(
-        train.gradient_weight("power", logits, labels, {"gamma": 2.0, "tau": 0.1}),
-        pt**2 * (pt >= 0.1), rtol=1e-5,
-    )  # fmt: skip
-    np.testing.assert_array_equal(
-        train.gradient_weight("cutoff", logits, labels, {"tau": 0.2}), (pt >= 0.2).astype(float)
-    )
-    np.testing.assert_array_equal(train.gradient_weight("ce", logits, labels, {}), np.ones(32))
 
 
 def test_eval_step_outputs(digits):
