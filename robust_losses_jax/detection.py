@@ -545,7 +545,8 @@ def update_aum(
     """Add a batch's margins to the running sums (pure, jittable).
 
     Scatter-adds, so an index repeated within a batch (sampling with replacement) counts each
-    time. Call once per training step (or once per epoch with that epoch's margins).
+    time. Call once per training step, or once per epoch with that epoch's margins (the
+    training programs do: each epoch's sums go to the training record).
 
     Args:
       aum_sum: ``[N]`` float sums of margins so far.

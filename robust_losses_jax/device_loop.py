@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
-from robust_losses_jax import train
+from robust_losses_jax import detection, train
 
 Array = jax.Array
 
@@ -222,14 +222,17 @@ def train_steps(
     states, metrics = for_each_member(
         member_steps, True, states, data.rows, data.labels, hparams, step_keys, local
     )
-    num_members, n_max = data.rows.shape
-    member = jnp.arange(num_members)[:, None, None]
-    # metrics['index'] / ['margin']: [M, S, B], the whole global batch (all-gathered in the step).
-    zeros = jnp.zeros((num_members, n_max), jnp.float32)
+    n_max = data.rows.shape[1]
+
+    def margins_seen(index, margin):  # [S, B] each: the whole global batch (all-gathered).
+        zeros = detection.init_aum(n_max)
+        return detection.update_aum(*zeros, index.reshape(-1), margin.reshape(-1))
+
     out = {k: jnp.sum(metrics[k], axis=1) for k in SUMMED}
     out["finite"] = metrics["finite"]
-    out["margin_sum"] = zeros.at[member, metrics["index"]].add(metrics["margin"])
-    out["margin_count"] = zeros.at[member, metrics["index"]].add(1.0).astype(jnp.int32)
+    out["margin_sum"], out["margin_count"] = jax.vmap(margins_seen)(
+        metrics["index"], metrics["margin"]
+    )
     return states, out
 
 

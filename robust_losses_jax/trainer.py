@@ -619,16 +619,17 @@ def _streaming_engine(cfg, images, member, mesh, step_config, mean, std, steps_p
             states, step_out = train_fn(states, batch, hparams)
             step_metrics.append(step_out)
         step_metrics = jax.device_get(step_metrics)
-        margin_sum = np.zeros(num_rows, np.float32)
-        margin_count = np.zeros(num_rows, np.int32)
-        for m in step_metrics:
-            np.add.at(margin_sum, m["index"], m["margin"])
-            np.add.at(margin_count, m["index"], 1)
+        margin_sum, margin_count = detection.update_aum(
+            *detection.init_aum(num_rows),
+            np.concatenate([m["index"] for m in step_metrics]),
+            np.concatenate([m["margin"] for m in step_metrics]),
+        )
         metrics = {
             k: np.asarray([sum(np.float64(m[k]) for m in step_metrics)]) for k in device_loop.SUMMED
         }
         metrics["finite"] = np.asarray([[int(m["finite"]) for m in step_metrics]])
-        metrics["margin_sum"], metrics["margin_count"] = margin_sum[None], margin_count[None]
+        metrics["margin_sum"] = np.asarray(margin_sum)[None]
+        metrics["margin_count"] = np.asarray(margin_count)[None]
         return states, metrics
 
     def outputs(states, hparams, eval_images, labels, member_of_row=None):
