@@ -10,7 +10,7 @@ fold, then run Confident Learning on the out-of-sample probabilities. Rows:
   ``sequential=True``: five models one after another, each epoch compiled;
 - ``jax stacked``: the same with the five models trained together in one program (the default
   of ``experiments.run --detector=cl``): ``jax.vmap`` over the models on accelerators, a
-  loop over them inside the program on CPU (see :mod:`robust_losses_jax.device_loop`).
+  loop over them inside the program on CPU (see :mod:`robust_losses_jax.training.programs`).
 
 Each JAX row includes what the runner does besides training (compilation, checkpoints as the
 runner makes them, and a 1,000-example test evaluation per fold after its last epoch: the
@@ -58,8 +58,8 @@ from robust_losses_jax import (  # noqa: E402
     experiment,
     input_pipeline,
     metrics,
-    trainer,
 )
+from robust_losses_jax.training import loop  # noqa: E402
 
 
 def load_data(num_train: int, num_test: int, npz: str | None):
@@ -85,7 +85,7 @@ COMPILE_EVENTS = {
 
 
 def jax_protocol(cfg, data, workdir: Path) -> tuple[float, dict, dict, dict]:
-    """Seconds, CL metrics, seconds by phase (``trainer.fit``'s and ``other``) and seconds
+    """Seconds, CL metrics, seconds by phase (``loop.fit``'s and ``other``) and seconds
     spent making programs (``trace``, ``lower``, ``compile``; these are inside the phases)."""
     timings: dict[str, float] = {}
     compile_seconds = dict.fromkeys(COMPILE_EVENTS.values(), 0.0)
@@ -97,7 +97,7 @@ def jax_protocol(cfg, data, workdir: Path) -> tuple[float, dict, dict, dict]:
     jax.monitoring.register_event_duration_secs_listener(on_event)
     start = time.perf_counter()
     fit_run = functools.partial(
-        trainer.fit, cfg, real_classes=data["num_classes"], test_images=data["test_images"],
+        loop.fit, cfg, real_classes=data["num_classes"], test_images=data["test_images"],
         test_labels=data["test_labels"], mean=data["mean"], std=data["std"], workdir=workdir,
         progress=False, devices=jax.local_devices(), log=lambda _: None, timings=timings,
     )  # fmt: skip

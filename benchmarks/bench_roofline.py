@@ -37,8 +37,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from benchmarks import bench_train  # noqa: E402
-from robust_losses_jax import train  # noqa: E402
 from robust_losses_jax.models import layers  # noqa: E402
+from robust_losses_jax.training import parallel  # noqa: E402
 
 BATCH = 128
 
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     repeats = args.repeats or (3 if args.quick else 7)
     steps = 20 if args.quick else 40
     images, labels = bench_train.synthetic_split(BATCH * steps, 28, 1)
-    mesh = train.data_mesh(jax.local_devices()[:1])
+    mesh = parallel.data_mesh(jax.local_devices()[:1])
 
     rows: dict[str, tuple[float, float]] = {}
     rows["matmul 2048^3"] = time_matmul(2048, repeats)

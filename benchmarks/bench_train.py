@@ -4,7 +4,8 @@ Rows, per model (the paper's small CNN on 28x28x1, ResNet-18 on 32x32x3; Adam, b
 cross-entropy, synthetic uint8 data):
 
 - ``jax device``: the split on the device, each epoch one compiled program (``lax.scan`` over
-  the batches, :mod:`robust_losses_jax.device_loop`), what ``experiments.run`` does by default;
+  the batches, :mod:`robust_losses_jax.training.programs`), what ``experiments.run`` does by
+  default;
 - ``jax stream``: host batches, one pmap'd step at a time (``--data-placement=stream``);
 - ``torch eager``: ``benchmarks/torch_reference.py``, the authors' loop (eager, a step at a
   time), when torch is installed (``requirements-bench.txt``).
@@ -37,7 +38,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from robust_losses_jax import device_loop, input_pipeline, models, train  # noqa: E402
+from robust_losses_jax import input_pipeline, models  # noqa: E402
+from robust_losses_jax.training import parallel, programs, stacking  # noqa: E402
+from robust_losses_jax.training import step as step_lib  # noqa: E402
 
 CASES = {"small_cnn": (28, 1), "resnet18": (32, 3)}
 # Dense bf16 peak of the chips this was run on (TFLOP/s), for the fraction-of-peak column.
@@ -52,10 +55,10 @@ def synthetic_split(num_examples: int, image_size: int, channels: int, seed: int
 
 
 def jax_setting(model_name: str, image_shape, dtype: str, steps_per_epoch: int):
-    model = models.get_model(model_name, 10, dtype=jnp.dtype(dtype), bn_axis_name=train.AXIS)
-    tx = train.make_optimizer("adam", 1e-3, total_steps=10**6)
-    state = train.create_train_state(jax.random.key(0), model, image_shape, tx)
-    config = train.StepConfig(loss_name="cross_entropy", steps_per_epoch=steps_per_epoch)
+    model = models.get_model(model_name, 10, dtype=jnp.dtype(dtype), bn_axis_name=parallel.AXIS)
+    tx = step_lib.make_optimizer("adam", 1e-3, total_steps=10**6)
+    state = step_lib.create_train_state(jax.random.key(0), model, image_shape, tx)
+    config = step_lib.StepConfig(loss_name="cross_entropy", steps_per_epoch=steps_per_epoch)
     return model, state, config
 
 
@@ -79,16 +82,16 @@ def time_jax_device(model_name, images, labels, *, batch, repeats, dtype, mesh):
     _, state, config = jax_setting(model_name, images.shape[1:], dtype, steps)
     mean, std = (jnp.asarray(x) for x in input_pipeline.channel_stats(images))
     keys = tuple(jax.random.fold_in(jax.random.key(1), i) for i in range(3))
-    member = device_loop.Member(labels, np.arange(len(labels)), keys, {})
+    member = stacking.Member(labels, np.arange(len(labels)), keys, {})
 
     def step_fn(s, b, h, k):
-        return train.train_step(s, b, h, config=config, key=k, mean=mean, std=std)
+        return step_lib.train_step(s, b, h, config=config, key=k, mean=mean, std=std)
 
-    program = device_loop.train_epoch_program(
+    program = programs.train_epoch_program(
         step_fn, mesh, "pmap", sizes=(len(labels),), batch_size=batch, steps_per_epoch=steps
     )
-    states = train.replicate(device_loop.stack([state]), mesh)
-    data = train.replicate(device_loop.stack_data(images, [member]), mesh)
+    states = parallel.replicate(stacking.stack([state]), mesh)
+    data = parallel.replicate(stacking.stack_data(images, [member]), mesh)
     args = ({}, keys[1][None], keys[2][None])
 
     def epoch(states, e):
@@ -105,11 +108,11 @@ def time_jax_stream(model_name, images, labels, *, batch, repeats, dtype, mesh):
     _, state, config = jax_setting(model_name, images.shape[1:], dtype, steps)
     mean, std = (jnp.asarray(x) for x in input_pipeline.channel_stats(images))
     step = functools.partial(
-        train.train_step, config=config, key=jax.random.key(1), mean=mean, std=std
+        step_lib.train_step, config=config, key=jax.random.key(1), mean=mean, std=std
     )
-    fn = train.parallelize(step, mesh, "pmap")
-    sharding = train.batch_sharding(mesh)
-    state = train.replicate(state, mesh)
+    fn = parallel.parallelize(step, mesh, "pmap")
+    sharding = parallel.batch_sharding(mesh)
+    state = parallel.replicate(state, mesh)
 
     def epoch(state, e):
         order = input_pipeline.epoch_permutation(jax.random.key(2), e, len(labels))
@@ -200,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
 
     backend = jax.default_backend()
     on_accelerator = backend != "cpu"
-    mesh = train.data_mesh(jax.local_devices())
+    mesh = parallel.data_mesh(jax.local_devices())
     kind = jax.devices()[0].device_kind
     peak = args.peak_tflops or next((v for k, v in PEAK_BF16_TFLOPS.items() if k in kind), None)
     print(f"backend {backend} ({kind}), {mesh.devices.size} device(s), jax {jax.__version__}, "

@@ -132,8 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     import jax
     import numpy as np
 
-    from robust_losses_jax import audit, experiment, input_pipeline, records, trainer, user_data
+    from robust_losses_jax import audit, experiment, input_pipeline, records, user_data
     from robust_losses_jax import config as config_lib
+    from robust_losses_jax.training import checkpoints, loop
 
     run.xla_setup.enable_compilation_cache(args.compilation_cache)
     workdir = Path(args.workdir)
@@ -174,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
                 overwrite=args.overwrite, progress=args.progress, log=lambda _: None,
                 splits=(train, test),
             )  # fmt: skip
-        except (trainer.NonFiniteError, trainer.CheckpointError) as error:
+        except (loop.NonFiniteError, checkpoints.CheckpointError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 1
         issues = audit.issues_from_run(workdir, cfg, names)

@@ -119,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
 
     from robust_losses_jax import config as config_lib
-    from robust_losses_jax import experiment, input_pipeline, records, trainer
+    from robust_losses_jax import experiment, input_pipeline, records
+    from robust_losses_jax.training import checkpoints, loop
 
     try:
         cfg = build_config(args)
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg, args.workdir, data_dir=args.data_dir, resume=args.resume,
             overwrite=args.overwrite, progress=args.progress,
         )  # fmt: skip
-    except (trainer.NonFiniteError, trainer.CheckpointError) as error:
+    except (loop.NonFiniteError, checkpoints.CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)  # One line; no summary was written.
         return 1
     except input_pipeline.DatasetUnavailableError as error:

@@ -460,6 +460,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from robust_losses_jax import experiment
+    from robust_losses_jax.training.engines import ProgramCache
 
     workdir = Path(args.workdir)
     try:
@@ -498,17 +499,18 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(todo), desc="sweep", unit="run", disable=not args.progress)
+    cache = ProgramCache()  # Groups with equal settings compile once.
     for group in groups:
         if len(group) == 1:
             experiment.train_and_evaluate(
                 configs[group[0]], workdir / group[0].name, data_dir=run_args.data_dir,
-                progress=False, resume=True, log=lambda _: None,
+                progress=False, resume=True, log=lambda _: None, cache=cache,
             )  # fmt: skip
         else:
             experiment.train_and_evaluate_together(
                 [configs[c] for c in group], [workdir / c.name for c in group],
                 stack_dir(workdir, group), data_dir=run_args.data_dir, progress=False,
-                log=lambda _: None,
+                log=lambda _: None, cache=cache,
             )  # fmt: skip
         write_results(workdir)
         bar.update(len(group))

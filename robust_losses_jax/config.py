@@ -152,10 +152,15 @@ class Config:
     epochs: int = flag(20, "training", "training epochs")
     batch_size: int = flag(128, "training", "training batch (a multiple of the device count)")
     eval_batch_size: int = flag(1000, "training", "test batch (a multiple of the device count)")
-    optimizer: str = flag("adam", "training", "the optimizer", choices=_from("train", "OPTIMIZERS"))
+    optimizer: str = flag(
+        "adam", "training", "the optimizer", choices=_from("training.step", "OPTIMIZERS")
+    )
     lr: float = flag(1e-3, "training", "learning rate")
     lr_schedule: str = flag(
-        "constant", "training", "learning-rate schedule", choices=_from("train", "LR_SCHEDULES")
+        "constant",
+        "training",
+        "learning-rate schedule",
+        choices=_from("training.step", "LR_SCHEDULES"),
     )
     warmup_epochs: int = flag(0, "training", "epochs of linear learning-rate warm-up from 0")
     momentum: float = flag(0.9, "training", "sgd's momentum")
@@ -181,7 +186,7 @@ class Config:
     )
     dtype: str = flag("float32", "model", "compute dtype", choices=DTYPES)
     parallel: str = flag(
-        "pmap", "training", "data parallelism", choices=_from("train", "PARALLEL_MODES")
+        "pmap", "training", "data parallelism", choices=_from("training.parallel", "PARALLEL_MODES")
     )
     pt_threshold: float = flag(0.5, "detection", "pt: flag an example when p_t is below this")
     # How label errors are found: "pt" (in-sample p_t of one run), "cl" (K-fold out-of-sample
@@ -281,26 +286,28 @@ def _one_process_only(setting: str, instead: str) -> None:
 
 def validate(config: Config, *, num_devices: int) -> None:
     """Raise ValueError (one clear line) for any setting outside what is allowed."""
-    from robust_losses_jax import models, train
+    from robust_losses_jax import models
+    from robust_losses_jax.training import parallel
+    from robust_losses_jax.training import step as step_lib
 
     losses.get_loss(config.loss, **config.loss_hparams)  # Unknown loss / bad hyperparameters.
     if config.model not in models.available_models():
         raise ValueError(
             f"Unknown model {config.model!r}; choose from {', '.join(models.available_models())}."
         )
-    if config.optimizer not in train.OPTIMIZERS:
+    if config.optimizer not in step_lib.OPTIMIZERS:
         raise ValueError(
-            f"Unknown optimizer {config.optimizer!r}; choose from {', '.join(train.OPTIMIZERS)}."
+            f"Unknown optimizer {config.optimizer!r}; choose from {', '.join(step_lib.OPTIMIZERS)}."
         )
-    if config.lr_schedule not in train.LR_SCHEDULES:
+    if config.lr_schedule not in step_lib.LR_SCHEDULES:
         raise ValueError(
             f"Unknown lr schedule {config.lr_schedule!r}; "
-            f"choose from {', '.join(train.LR_SCHEDULES)}."
+            f"choose from {', '.join(step_lib.LR_SCHEDULES)}."
         )
-    if config.parallel not in train.PARALLEL_MODES:
+    if config.parallel not in parallel.PARALLEL_MODES:
         raise ValueError(
             f"Unknown parallel mode {config.parallel!r}; "
-            f"choose from {', '.join(train.PARALLEL_MODES)}."
+            f"choose from {', '.join(parallel.PARALLEL_MODES)}."
         )
     if config.parallel == "shard_map":
         _one_process_only("--parallel=shard_map", "use pmap")

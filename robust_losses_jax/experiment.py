@@ -21,7 +21,7 @@ Every file is written to a temporary name and renamed, so a killed run leaves no
 differ only in seed, noise or loss hyperparameters, their models trained in one stack (the
 sweep's default), each run's folder getting what it would alone.
 
-The models themselves are trained by :func:`trainer.fit`; this module sets up the data, the
+The models themselves are trained by :func:`fit`; this module sets up the data, the
 detection protocols (in-sample ``p_t``, K-fold Confident Learning, AUM) and what they write.
 """
 
@@ -44,19 +44,14 @@ from robust_losses_jax import (
 from robust_losses_jax import (
     corruption,
     detection,
-    device_loop,
     input_pipeline,
     metrics,
-    train,
 )
 from robust_losses_jax.records import atomic_write, is_writer, strict_json, write_json
-from robust_losses_jax.trainer import (
-    Fitted,
-    fit,
-    member_steps_per_epoch,
-    memorised_fraction,
-    uses_device_data,
-)
+from robust_losses_jax.training import stacking
+from robust_losses_jax.training.engines import ProgramCache, uses_device_data
+from robust_losses_jax.training.loop import Fitted, fit, member_steps_per_epoch
+from robust_losses_jax.training.step import LOW_WEIGHT
 
 
 class WorkdirError(ValueError):
@@ -157,7 +152,7 @@ def score_detection(
 
 def degeneracy_warning(predictions: dict[str, np.ndarray], num_classes: int) -> str | None:
     """One line when a robust loss has degenerated: weights all but zero, or one class predicted."""
-    low = float(np.mean(predictions["weight"] < train.LOW_WEIGHT))
+    low = float(np.mean(predictions["weight"] < LOW_WEIGHT))
     top_share = float(np.bincount(predictions["pred"], minlength=num_classes).max()) / len(
         predictions["pred"]
     )
@@ -260,7 +255,7 @@ def fit_members(
     cfg: config_lib.Config,
     fit_run: Callable[..., Fitted],
     images: np.ndarray,
-    members: list[device_loop.Member],
+    members: list[stacking.Member],
     *,
     stack_tag: str,
     log: Callable[[str], None],
@@ -326,7 +321,7 @@ class Protocol:
       stack_tag: the name of the members' stack when the run trains them alone.
     """
 
-    members: list[device_loop.Member]
+    members: list[stacking.Member]
     fit_kwargs: dict[str, Any]
     finish: Callable[[list[tuple[Fitted, int]]], tuple[dict, dict]]
     stack_tag: str
@@ -335,7 +330,7 @@ class Protocol:
 def in_sample(cfg, data, base_key) -> Protocol:
     """``pt``: one model on every example; in-sample outputs, ``p_t`` tracked in tested epochs."""
     given = data["given_label"]
-    member = device_loop.Member(
+    member = stacking.Member(
         labels=given, rows=np.arange(len(given)), keys=_run_keys(base_key, None),
         hparams=_loss_hparams(cfg),
     )  # fmt: skip
@@ -364,7 +359,7 @@ def cross_validated_protocol(cfg, data, workdir: Path, base_key, log) -> Protoco
     for k in sorted(set(range(cfg.folds)) - set(missing)):
         log(f"fold {k}: outputs found in {paths[k]}, not re-trained")
     members = [
-        device_loop.Member(
+        stacking.Member(
             labels=given,
             rows=np.flatnonzero(fold_of != k),
             keys=_run_keys(base_key, k),
@@ -452,7 +447,7 @@ def area_under_margin_protocol(cfg, data, base_key) -> Protocol:
         jax.random.fold_in(base_key, 5), data["given_label"], num_classes, num_runs=2
     )
     members = [
-        device_loop.Member(
+        stacking.Member(
             labels=np.asarray(threshold_labels),
             rows=np.arange(num_train),
             keys=_run_keys(base_key, 100 + run),
@@ -538,11 +533,12 @@ def _start_run(cfg, workdir: Path, *, resume: bool, overwrite: bool, num_devices
     write_json(workdir / "config.json", cfg.to_json())
 
 
-def _fit_run(cfg, data, workdir: Path, *, resume, progress, devices, log) -> Callable:
+def _fit_run(cfg, data, workdir: Path, *, resume, progress, devices, log, cache=None) -> Callable:
     return functools.partial(
         fit, cfg, real_classes=data["num_classes"], test_images=data["test_images"],
         test_labels=data["test_labels"], mean=data["mean"], std=data["std"], workdir=workdir,
         resume=resume, progress=progress, devices=devices, log=log,
+        cache=cache or ProgramCache(),
     )  # fmt: skip
 
 
@@ -557,6 +553,7 @@ def train_and_evaluate(
     devices: list | None = None,
     log: Callable[[str], None] = print,
     splits: tuple[input_pipeline.Split, input_pipeline.Split] | None = None,
+    cache: ProgramCache | None = None,
 ) -> dict[str, Any]:
     """Train on noisy labels, then score detection of the corrupted examples.
 
@@ -576,6 +573,8 @@ def train_and_evaluate(
       log: where one-line messages go.
       splits: ``(train, test)`` already loaded (arrays in memory, a folder read once); default:
         ``cfg.dataset``'s.
+      cache: models and compiled programs shared with other runs in this process (a sweep's);
+        default: the run's own, shared by its models (sequential folds compile once).
 
     Returns:
       The summary (also written to ``summary.json``).
@@ -587,7 +586,7 @@ def train_and_evaluate(
     _start_run(cfg, workdir, resume=resume, overwrite=overwrite, num_devices=len(devices))
     data = noisy_training_data(cfg, data_dir, splits)
     fit_run = _fit_run(cfg, data, workdir, resume=resume, progress=progress, devices=devices,
-                       log=log)  # fmt: skip
+                       log=log, cache=cache)  # fmt: skip
     protocol = protocol_for(cfg, data, workdir, jax.random.key(cfg.seed), log)
     predictions, extra = run_protocol(cfg, data, fit_run, protocol, log)
     return summarise(cfg, workdir, data, predictions, extra, num_devices=len(devices), log=log)
@@ -619,6 +618,7 @@ def train_and_evaluate_together(
     progress: bool = True,
     devices: list | None = None,
     log: Callable[[str], None] = print,
+    cache: ProgramCache | None = None,
 ) -> list[dict[str, Any]]:
     """Several runs whose models train in one stack: e.g. seeds x ``gamma`` values of a sweep.
 
@@ -629,10 +629,13 @@ def train_and_evaluate_together(
     (:func:`stack_key`) and hold their data on the devices; when their models' steps per epoch
     differ (K-fold folds across a batch boundary), each run trains on its own.
 
+    ``cache``: as :func:`train_and_evaluate`'s.
+
     Returns:
       The runs' summaries.
     """
     devices = devices or jax.devices()
+    cache = cache or ProgramCache()
     if len(cfgs) != len(workdirs) or not cfgs:
         raise ValueError(f"{len(cfgs)} configs for {len(workdirs)} workdirs; pass one per run.")
     if len({stack_key(c) for c in cfgs}) > 1:
@@ -661,7 +664,7 @@ def train_and_evaluate_together(
         log(f"steps per epoch differ ({sorted(steps)}); training the runs one after another")
         results = [
             run_protocol(cfg, data, _fit_run(cfg, data, workdir, resume=True, progress=progress,
-                                             devices=devices, log=log), protocol, log)
+                                             devices=devices, log=log, cache=cache), protocol, log)
             for cfg, data, workdir, protocol in zip(cfgs, datas, workdirs, protocols, strict=True)
         ]  # fmt: skip
     else:
@@ -673,7 +676,8 @@ def train_and_evaluate_together(
                     [p.fit_kwargs["is_corrupted"] for p in protocols if p.members]
                 )
             fit_run = _fit_run(cfgs[0], datas[0], Path(stack_dir), resume=True,
-                               progress=progress, devices=devices, log=log)  # fmt: skip
+                               progress=progress, devices=devices, log=log,
+                               cache=cache)  # fmt: skip
             fitted = fit_run(datas[0]["images"], members, tag="stack", record_dirs=record_dirs,
                              **kwargs)  # fmt: skip
             trained = [(fitted, i) for i in range(len(members))]
@@ -718,7 +722,7 @@ def summarise(cfg, workdir: Path, data, predictions, extra, *, num_devices: int,
         **extra,
         "train_accuracy_true_labels": float(np.mean(predictions["pred"] == data["true_label"])),
         # Of no corrupted examples it is undefined.
-        "memorised_fraction": memorised_fraction(
+        "memorised_fraction": metrics.memorised_fraction(
             predictions["pred"], data["given_label"], is_corrupted
         )
         if injected

@@ -183,3 +183,10 @@ def ranking_metrics(is_corrupted: Any, score: Any) -> dict[str, float]:
         "average_precision": average_precision(is_corrupted, score),
         "precision_at_k": precision_at_k(is_corrupted, score),
     }
+
+
+def memorised_fraction(pred: np.ndarray, given: np.ndarray, is_corrupted: np.ndarray) -> float:
+    """The fraction of corrupted examples predicted as their (wrong) given label; 0 if none."""
+    if not is_corrupted.any():
+        return 0.0
+    return float(np.mean(pred[is_corrupted] == given[is_corrupted]))

@@ -7,7 +7,7 @@ without it (``../shared/README.md``, reference run). An optional linear ``ramp``
 
 Everything here is traceable: the step is a traced value inside the jitted train step, and the loss
 hyperparameters it produces are traced too, so switching from CE to the robust loss compiles once.
-Durations are in steps; ``train.py`` turns epochs into steps once.
+Durations are in steps; ``training.loop`` turns epochs into steps once.
 """
 
 from __future__ import annotations

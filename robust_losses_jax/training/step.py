@@ -1,34 +1,32 @@
-"""Training on noisy labels: train state, the data-parallel train step, the evaluation pass.
+"""The per-device train and eval steps, and the train state and optimiser they update.
 
 The train step is written once, as a pure per-device function
 ``train_step(state, batch, loss_hparams) -> (state, metrics)`` that averages gradients and
-BatchNorm statistics over the ``'data'`` axis. :func:`parallelize` runs it with ``jax.pmap``
-(default) or, unchanged, with ``jax.shard_map`` over a 1-D ``('data',)`` mesh.
+BatchNorm statistics over the ``'data'`` axis; :mod:`training.parallel` runs it over the devices
+(host-streamed batches) and :mod:`training.programs` inside compiled epochs.
 
 Loss hyperparameters (``gamma``, ``tau``, ...) arrive as traced values and the delay/ramp
-schedule is evaluated on the traced ``state.step``, so switching from cross-entropy to the robust
-loss compiles once.
+schedule is evaluated on the traced ``state.step`` (:func:`schedules.scheduled_loss`), so
+switching from cross-entropy to the robust loss compiles once.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax.training import train_state
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from robust_losses_jax import detection, input_pipeline, losses, schedules
+from robust_losses_jax.training.parallel import AXIS
 
 Array = jax.Array
-AXIS = "data"
 LOW_WEIGHT = 0.01  # An example counts as "switched off" when its gradient weight is below this.
 
 
@@ -280,138 +278,3 @@ def eval_step(
         "weight": weight_fn(logits, labels),
         "loss": loss_fn(logits, labels),
     }
-
-
-# --------------------------------------------------------------------------------------------------
-# Running the per-device functions over all local devices.
-# --------------------------------------------------------------------------------------------------
-
-PARALLEL_MODES = ("pmap", "shard_map")
-
-
-def data_mesh(devices: list | None = None) -> Mesh:
-    """A 1-D mesh with axis ``'data'`` over ``devices`` (default: all devices, every process's)."""
-    return Mesh(np.asarray(devices or jax.devices()), (AXIS,))
-
-
-def replicate(tree: Any, mesh: Mesh) -> Any:
-    """Place ``tree`` (e.g. the train state) on every device of the mesh, replicated.
-
-    The parallel step returns its state replicated like this; placing the initial state the same
-    way means the first step compiles the same program as every later one.
-    """
-    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
-
-
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Batches ``[D, b, ...]`` split along their leading axis, one slice per device.
-
-    Over this process's own devices of the mesh: with several processes each puts only its
-    slice of the batch (:func:`input_pipeline.process_slice`) on its devices.
-    """
-    local = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
-    return NamedSharding(Mesh(np.asarray(local), (AXIS,)), PartitionSpec(AXIS))
-
-
-def to_global(tree: Any) -> Any:
-    """Replicated per-process arrays (what the pmap'd step returns) as global arrays.
-
-    Orbax saves only global arrays when there are several processes; with one, a no-op.
-    """
-    if jax.process_count() == 1:
-        return tree
-    import orbax.checkpoint as ocp
-
-    return jax.tree.map(ocp.utils.fully_replicated_host_local_array_to_global_array, tree)
-
-
-def gather_outputs(tree: Any) -> Any:
-    """Per-device outputs ``[D_local, ...]`` of every process as host arrays ``[D, ...]``."""
-    if jax.process_count() == 1:
-        return jax.device_get(tree)
-    from jax.experimental import multihost_utils
-
-    return multihost_utils.process_allgather(tree, tiled=True)
-
-
-def parallelize(step_fn: Callable, mesh: Mesh, mode: str = "pmap", *, collective: bool = True):
-    """Run a per-device ``step_fn(state, batch, hparams)`` over the mesh's devices.
-
-    The state and hyperparameters are replicated, the batch is ``[D, b, ...]`` split along axis
-    0. Outputs: ``(state, metrics)`` replicated when ``collective`` (the train step), or per-device
-    outputs stacked as ``[D, b, ...]`` (the eval step).
-
-    Args:
-      step_fn: the per-device function (``train_step`` or ``eval_step`` with settings bound).
-      mesh: from :func:`data_mesh`.
-      mode: ``pmap`` (the design's choice) or ``shard_map`` (jit + shard_map).
-      collective: True for the train step, False for the eval step.
-    """
-    if mode not in PARALLEL_MODES:
-        raise ValueError(
-            f"Unknown parallel mode {mode!r}; choose from {', '.join(PARALLEL_MODES)}."
-        )
-    if mode == "pmap":
-        out_axes = (None, None) if collective else 0
-        return jax.pmap(
-            step_fn, axis_name=AXIS, in_axes=(None, 0, None), out_axes=out_axes,
-            devices=list(mesh.devices.flat),
-        )  # fmt: skip
-
-    def per_shard(state, batch, hparams):
-        # shard_map keeps the sharded axis (size 1 per device): drop it, as pmap does.
-        out = step_fn(state, jax.tree.map(lambda x: x[0], batch), hparams)
-        return out if collective else jax.tree.map(lambda x: x[None], out)
-
-    replicated, sharded = PartitionSpec(), PartitionSpec(AXIS)
-    out_specs = (replicated, replicated) if collective else sharded
-    return jax.jit(
-        jax.shard_map(
-            per_shard, mesh=mesh, in_specs=(replicated, sharded, replicated), out_specs=out_specs,
-            check_vma=False,
-        )
-    )  # fmt: skip
-
-
-def evaluate(
-    eval_fn: Callable,
-    state: TrainState,
-    images: np.ndarray,
-    labels: np.ndarray,
-    loss_hparams: Mapping[str, Array],
-    *,
-    mesh: Mesh,
-    batch_size: int,
-    progress: Callable[[Iterable], Iterable] = lambda it: it,
-) -> dict[str, np.ndarray]:
-    """Per-example outputs for every example of a split, in canonical order (padding removed).
-
-    Args:
-      eval_fn: ``parallelize(eval_step_bound, mesh, mode, collective=False)``.
-      images, labels: the split, ``[N, H, W, C]`` and ``[N]`` (the labels to score against).
-      batch_size: global batch, a multiple of the device count.
-
-    Returns:
-      Host arrays with ``N`` rows: ``logits``, ``probs`` (softmax), ``p_t``, ``margin``, ``pred``,
-      ``weight``, ``loss``.
-    """
-    num_devices = mesh.devices.size
-    sharding = batch_sharding(mesh)
-    outputs: dict[str, list[np.ndarray]] = {}
-    batches = input_pipeline.eval_batches(images, labels, batch_size, num_devices)
-    local = (
-        input_pipeline.process_slice(batch, jax.process_index(), jax.process_count())
-        for batch in batches
-    )
-    num_examples = len(labels)
-    for i, batch in enumerate(progress(input_pipeline.prefetch_to_devices(local, sharding))):
-        batch.pop("mask")
-        # The global batch's padding mask (every process's rows), as eval_batches pads.
-        mask = np.arange(i * batch_size, (i + 1) * batch_size) < num_examples
-        out = gather_outputs(eval_fn(state, batch, loss_hparams))
-        for name, value in out.items():
-            flat = np.asarray(value).reshape(-1, *np.shape(value)[2:])
-            outputs.setdefault(name, []).append(flat[mask])
-    result = {name: np.concatenate(parts) for name, parts in outputs.items()}
-    result["probs"] = np.asarray(jax.nn.softmax(result["logits"], axis=-1))
-    return result

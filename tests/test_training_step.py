@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from robust_losses_jax import input_pipeline as ip
-from robust_losses_jax import models, train
+from robust_losses_jax import models
+from robust_losses_jax.training import engines, parallel
+from robust_losses_jax.training import step as step_lib
 
 
 @pytest.fixture(scope="module")
@@ -21,27 +23,27 @@ def digits():
 def run_steps(split, mean, std, *, model_name, num_devices, mode, loss="power", steps=4,
               lr=0.05, batch=64, config_kwargs=None, traces=None, model_kwargs=None):  # fmt: skip
     devices = jax.local_devices()[:num_devices]
-    mesh = train.data_mesh(devices)
-    model = models.get_model(model_name, 10, bn_axis_name=train.AXIS, **(model_kwargs or {}))
-    tx = train.make_optimizer("sgd", lr, total_steps=100)
-    state = train.create_train_state(jax.random.key(0), model, split.images.shape[1:], tx)
-    config = train.StepConfig(loss_name=loss, steps_per_epoch=5, augment=True,
+    mesh = parallel.data_mesh(devices)
+    model = models.get_model(model_name, 10, bn_axis_name=parallel.AXIS, **(model_kwargs or {}))
+    tx = step_lib.make_optimizer("sgd", lr, total_steps=100)
+    state = step_lib.create_train_state(jax.random.key(0), model, split.images.shape[1:], tx)
+    config = step_lib.StepConfig(loss_name=loss, steps_per_epoch=5, augment=True,
                               **(config_kwargs or {}))  # fmt: skip
 
     def step(state, batch, hparams):
         if traces is not None:
             traces.append(1)
-        return train.train_step(state, batch, hparams, config=config, key=jax.random.key(1),
+        return step_lib.train_step(state, batch, hparams, config=config, key=jax.random.key(1),
                                 mean=mean, std=std)  # fmt: skip
 
-    fn = train.parallelize(step, mesh, mode)
-    state = train.replicate(state, mesh)
+    fn = parallel.parallelize(step, mesh, mode)
+    state = parallel.replicate(state, mesh)
     hparams = {"gamma": jnp.float32(1.0), "tau": jnp.float32(0.0)} if loss == "power" else {}
     order = ip.epoch_permutation(jax.random.key(2), 0, len(split))
     history = []
     batches = ip.train_batches(split.images, split.labels, order, batch, num_devices)
     for _, b in zip(range(steps), batches, strict=False):
-        state, metrics = fn(state, jax.device_put(b, train.batch_sharding(mesh)), hparams)
+        state, metrics = fn(state, jax.device_put(b, parallel.batch_sharding(mesh)), hparams)
         history.append(jax.device_get(metrics))
     return state, history
 
@@ -121,17 +123,17 @@ def test_non_finite_step_is_flagged_and_not_applied(digits):
 
 def test_eval_step_outputs(digits):
     split, mean, std = digits
-    mesh = train.data_mesh(jax.local_devices()[:4])
+    mesh = parallel.data_mesh(jax.local_devices()[:4])
     model = models.get_model("mlp", 10)
-    tx = train.make_optimizer("adam", 1e-3, total_steps=10)
-    state = train.create_train_state(jax.random.key(0), model, (8, 8, 1), tx)
-    config = train.StepConfig(loss_name="power")
-    eval_fn = train.parallelize(
-        functools.partial(train.eval_step, config=config, mean=mean, std=std), mesh,
+    tx = step_lib.make_optimizer("adam", 1e-3, total_steps=10)
+    state = step_lib.create_train_state(jax.random.key(0), model, (8, 8, 1), tx)
+    config = step_lib.StepConfig(loss_name="power")
+    eval_fn = parallel.parallelize(
+        functools.partial(step_lib.eval_step, config=config, mean=mean, std=std), mesh,
         collective=False,
     )  # fmt: skip
     hparams = {"gamma": jnp.float32(2.0), "tau": jnp.float32(0.0)}
-    out = train.evaluate(eval_fn, state, split.images[:999], split.labels[:999], hparams,
+    out = engines.evaluate(eval_fn, state, split.images[:999], split.labels[:999], hparams,
                          mesh=mesh, batch_size=400)  # fmt: skip
     assert out["p_t"].shape == (999,) and out["probs"].shape == (999, 10)
     np.testing.assert_allclose(out["probs"].sum(1), 1.0, rtol=1e-5)
@@ -153,13 +155,13 @@ def test_eval_step_outputs(digits):
 def test_bad_optimizer_arguments(kwargs, message):
     args = {"name": "sgd", "learning_rate": 0.1, "total_steps": 10, **kwargs}
     with pytest.raises(ValueError, match=message):
-        train.make_optimizer(**args)
+        step_lib.make_optimizer(**args)
 
 
 @pytest.mark.parametrize("schedule", ["constant", "cosine", "step"])
 @pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
 def test_optimizers_build_and_step(name, schedule):
-    tx = train.make_optimizer(name, 0.1, total_steps=10, schedule=schedule, warmup_steps=2,
+    tx = step_lib.make_optimizer(name, 0.1, total_steps=10, schedule=schedule, warmup_steps=2,
                               weight_decay=1e-4)  # fmt: skip
     params = {"w": jnp.ones(3)}
     updates, _ = tx.update({"w": jnp.ones(3)}, tx.init(params), params)
@@ -169,25 +171,25 @@ def test_optimizers_build_and_step(name, schedule):
 @pytest.mark.parametrize("model_name", ["small_cnn", "resnet_tiny"])
 def test_create_train_state_is_one_program_with_eager_values(model_name):
     """The jitted initialisation gives exactly the op-by-op values, and compiles once per model."""
-    model = models.get_model(model_name, 10, bn_axis_name=train.AXIS)
-    tx = train.make_optimizer("adam", 1e-3, total_steps=10)
+    model = models.get_model(model_name, 10, bn_axis_name=parallel.AXIS)
+    tx = step_lib.make_optimizer("adam", 1e-3, total_steps=10)
     key = jax.random.key(3)
-    state = train.create_train_state(key, model, (12, 12, 3), tx)
+    state = step_lib.create_train_state(key, model, (12, 12, 3), tx)
     eager = model.init({"params": key, "dropout": key}, jnp.zeros((1, 12, 12, 3)), train=False)
     jax.tree.map(np.testing.assert_array_equal, state.params, eager["params"])
-    before = train._init_variables._cache_size()
-    again = models.get_model(model_name, 10, bn_axis_name=train.AXIS)  # Equal, not identical.
-    train.create_train_state(jax.random.key(4), again, (12, 12, 3), tx)
-    assert train._init_variables._cache_size() == before
+    before = step_lib._init_variables._cache_size()
+    again = models.get_model(model_name, 10, bn_axis_name=parallel.AXIS)  # Equal, not identical.
+    step_lib.create_train_state(jax.random.key(4), again, (12, 12, 3), tx)
+    assert step_lib._init_variables._cache_size() == before
 
 
 def test_create_train_state_takes_unhashable_models():
     """A list-valued field cannot be a static argument: initialised op by op, same values."""
-    tx = train.make_optimizer("sgd", 0.1, total_steps=10)
+    tx = step_lib.make_optimizer("sgd", 0.1, total_steps=10)
     listed = models.get_model("mlp", 10, hidden_sizes=[16, 8])
     tupled = models.get_model("mlp", 10, hidden_sizes=(16, 8))
     with pytest.raises(TypeError):
         hash(listed)
-    a = train.create_train_state(jax.random.key(0), listed, (8, 8, 1), tx)
-    b = train.create_train_state(jax.random.key(0), tupled, (8, 8, 1), tx)
+    a = step_lib.create_train_state(jax.random.key(0), listed, (8, 8, 1), tx)
+    b = step_lib.create_train_state(jax.random.key(0), tupled, (8, 8, 1), tx)
     jax.tree.map(np.testing.assert_array_equal, a.params, b.params)

@@ -1,13 +1,11 @@
-"""Whole epochs on the devices: the split in device memory, and a stack of models trained together.
+"""Compiled programs of a stack: whole epochs on the devices, and its evaluations.
 
 For datasets that fit in accelerator memory (MNIST, Fashion-MNIST, CIFAR), the training images are
 put on every device once, and an epoch is one compiled program: the epoch's order is drawn on the
 device, ``lax.scan`` runs the train step over the batches, and nothing returns to the host until
-the epoch ends. The program trains a *stack* of ``M`` models at once: :func:`train.train_step` is
-``jax.vmap``-ed over their train states, loss hyperparameters and PRNG keys, inside the
-data-parallel (pmap or shard_map) program. A stack member can be a fold of K-fold cross-validation
-(it trains on its own subset of the rows), a seed (its own keys and labels), or a value of
-``gamma``/``tau`` (traced, so one compilation).
+the epoch ends. The program trains a *stack* of ``M`` models at once (:mod:`stacking`): the train
+step (:func:`step.train_step`) is ``jax.vmap``-ed over their train states, loss hyperparameters and
+PRNG keys, inside the data-parallel (pmap or shard_map) program.
 
 On CPU a vmapped convolution becomes a grouped one, which XLA:CPU runs slowly, so there the
 members run one after another (:func:`default_vectorize`): an epoch is one call per member of a
@@ -28,103 +26,23 @@ rounding.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, PartitionSpec
+from jax.sharding import Mesh
 
-from robust_losses_jax import detection, train
+from robust_losses_jax import detection
+from robust_losses_jax.training import parallel
+from robust_losses_jax.training.stacking import StackData, stack, unstack
 
 Array = jax.Array
 
-# Per-step metrics of train.train_step that are summed over an epoch.
+# Per-step metrics of the train step that are summed over an epoch.
 SUMMED = ("loss_sum", "correct", "low_weight", "count")
-
-
-@dataclasses.dataclass(frozen=True)
-class Member:
-    """One model of a stack, on the host.
-
-    Attributes:
-      labels: int ``[N]``: the labels this model trains on, for every row of the stack's images.
-      rows: int ``[n]``, increasing: the rows of the images it trains on (``arange(N)``: all).
-      keys: ``(init, step, order)`` PRNG keys: initial weights, augmentation/dropout, batch order.
-      hparams: the loss's hyperparameters (``gamma``, ``tau``, ...), scalars.
-      tag: its name in logs and file names (``fold0``, ...; ``""`` for a lone run).
-    """
-
-    labels: np.ndarray
-    rows: np.ndarray
-    keys: tuple[Array, Array, Array]
-    hparams: Mapping[str, float]
-    tag: str = ""
-
-
-def stack(trees: Sequence[Any]) -> Any:
-    """Pytrees with the same structure -> one pytree whose leaves have a new leading axis."""
-    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
-
-
-def unstack(tree: Any, i: int) -> Any:
-    """Member ``i`` of a stacked pytree."""
-    return jax.tree.map(lambda leaf: leaf[i], tree)
-
-
-def stacked_hparams(members: Sequence[Member]) -> dict[str, Array]:
-    """``{name: float32 [M]}``; every member must name the same hyperparameters."""
-    names = set(members[0].hparams)
-    for member in members:
-        if set(member.hparams) != names:
-            raise ValueError(
-                f"stack members name different hyperparameters: {sorted(names)} and "
-                f"{sorted(member.hparams)}."
-            )
-    return {k: jnp.asarray([m.hparams[k] for m in members], jnp.float32) for k in sorted(names)}
-
-
-@dataclasses.dataclass(frozen=True)
-class StackData:
-    """What the epoch program reads, on the devices (replicated).
-
-    Attributes:
-      images: uint8 ``[N, H, W, C]``, shared by the members.
-      labels: int32 ``[M, N]``: each member's labels.
-      rows: int32 ``[M, n_max]``: each member's rows, padded with 0 past its ``n_m``.
-    """
-
-    images: Array
-    labels: Array
-    rows: Array
-
-
-jax.tree_util.register_dataclass(
-    StackData, data_fields=["images", "labels", "rows"], meta_fields=[]
-)
-
-
-def stack_data(images: np.ndarray, members: Sequence[Member]) -> StackData:
-    """Host arrays of a stack (place them with :func:`train.replicate`)."""
-    n_max = max(len(m.rows) for m in members)
-    rows = np.zeros((len(members), n_max), np.int32)
-    for i, member in enumerate(members):
-        rows[i, : len(member.rows)] = member.rows
-        if len(member.labels) != len(images):
-            raise ValueError(
-                f"member {member.tag or i} has {len(member.labels)} labels for "
-                f"{len(images)} images."
-            )
-    labels = np.stack([np.asarray(m.labels, np.int32) for m in members])
-    return StackData(images=np.asarray(images, np.uint8), labels=labels, rows=rows)
-
-
-# --------------------------------------------------------------------------------------------------
-# The per-device programs (pure; collective over train.AXIS).
-# --------------------------------------------------------------------------------------------------
 
 
 def default_vectorize() -> bool:
@@ -178,7 +96,7 @@ def train_steps(
     *,
     step_fn: Callable,
     num_devices: int,
-    axis_name: str = train.AXIS,
+    axis_name: str = parallel.AXIS,
 ) -> tuple[Any, dict[str, Array]]:
     """Steps of every member of the stack (vmapped), on one device's share of each batch.
 
@@ -191,7 +109,7 @@ def train_steps(
       hparams: ``{name: [M]}``; step_keys: ``[M]`` keys.
       positions: ``[M, S, B]``, the global batches of these ``S`` steps (from
         :func:`epoch_orders`); device ``d`` takes rows ``[d * B / D, (d + 1) * B / D)``.
-      step_fn: ``(state, batch, hparams, key) -> (state, metrics)``, :func:`train.train_step`
+      step_fn: ``(state, batch, hparams, key) -> (state, metrics)``, :func:`step.train_step`
         with its settings bound.
 
     Returns:
@@ -279,7 +197,7 @@ def evaluate(
     batch_size: int,
     num_devices: int,
     vectorize: bool = True,
-    axis_name: str = train.AXIS,
+    axis_name: str = parallel.AXIS,
 ) -> dict[str, Array]:
     """Every member's outputs on its rows of ``images``, gathered in order on the devices.
 
@@ -288,7 +206,7 @@ def evaluate(
       rows: None (every member on every row), or int32 ``[M, R]``: member ``m`` evaluates only
         ``images[rows[m]]`` (K-fold's held-out rows); padding past ``N`` evaluates the last
         row, and :func:`evaluate_held_out` drops it.
-      eval_fn: ``(state, batch, hparams) -> outputs``, :func:`train.eval_step` bound.
+      eval_fn: ``(state, batch, hparams) -> outputs``, :func:`step.eval_step` bound.
       batch_size: global eval batch; the last batch is padded (with position 0) and the padding
         cut.
 
@@ -343,8 +261,8 @@ def evaluate_held_out(
     """K-fold's out-of-sample outputs ``[N, ...]`` in canonical order, assembled on the devices.
 
     ``rows`` ``[M, R]``: member ``m``'s held-out rows, padded with ``N``
-    (:func:`held_out_rows`); each row of ``images`` comes from the member whose rows hold it
-    (rows no member holds come out zero). ``kwargs``: :func:`evaluate`'s.
+    (:func:`stacking.held_out_rows`); each row of ``images`` comes from the member whose rows
+    hold it (rows no member holds come out zero). ``kwargs``: :func:`evaluate`'s.
     """
     outs = evaluate(states, images, labels, hparams, rows, **kwargs)
     flat_rows = rows.reshape(-1)
@@ -355,61 +273,6 @@ def evaluate_held_out(
         return zeros.at[flat_rows].set(x, mode="drop")
 
     return {k: scatter(v) for k, v in outs.items()}
-
-
-def padded_rows(per_member: Sequence[np.ndarray], num_rows: int) -> np.ndarray:
-    """int32 ``[M, R]``: member ``m``'s rows ``per_member[m]``, padded with ``num_rows`` (out of
-    range: :func:`evaluate` evaluates the last row there, :func:`evaluate_held_out` drops it)."""
-    width = max(len(r) for r in per_member)
-    return np.stack(
-        [np.concatenate([r, np.full(width - len(r), num_rows)]) for r in per_member]
-    ).astype(np.int32)
-
-
-def held_out_rows(member_of_row: np.ndarray, num_members: int) -> np.ndarray:
-    """int32 ``[M, R]``: each member's rows (``member_of_row == m``), padded with ``N``.
-
-    ``member_of_row`` ``[N]``: a member index, or -1 for a row no member evaluates. Raises
-    ValueError when a member holds no row.
-    """
-    member_of_row = np.asarray(member_of_row)
-    num_rows = len(member_of_row)
-    per_member = [np.flatnonzero(member_of_row == m) for m in range(num_members)]
-    empty = [m for m, r in enumerate(per_member) if len(r) == 0]
-    if empty:
-        raise ValueError(f"members {empty} hold no rows to evaluate.")
-    return padded_rows(per_member, num_rows)
-
-
-# --------------------------------------------------------------------------------------------------
-# Running them over the mesh.
-# --------------------------------------------------------------------------------------------------
-
-
-def replicated_program(fn: Callable, mesh: Mesh, mode: str = "pmap", *, num_args: int) -> Callable:
-    """Run a per-device ``fn`` whose arguments and results are all replicated over ``mesh``.
-
-    ``fn`` uses the ``'data'`` axis (``axis_index``, collectives) to split the work. ``pmap``:
-    ``jax.pmap`` over the mesh's devices (a device-id argument carries the mapped axis);
-    ``shard_map``: ``jax.jit(jax.shard_map(...))`` with every spec replicated.
-    """
-    if mode not in train.PARALLEL_MODES:
-        raise ValueError(
-            f"Unknown parallel mode {mode!r}; choose from {', '.join(train.PARALLEL_MODES)}."
-        )
-    devices = list(mesh.devices.flat)
-    if mode == "pmap":
-        mapped = jax.pmap(
-            lambda _, *args: fn(*args), axis_name=train.AXIS,
-            in_axes=(0,) + (None,) * num_args, out_axes=None, devices=devices,
-        )  # fmt: skip
-        device_ids = np.arange(len(devices))
-        return lambda *args: mapped(device_ids, *args)
-    return jax.jit(
-        jax.shard_map(
-            fn, mesh=mesh, in_specs=PartitionSpec(), out_specs=PartitionSpec(), check_vma=False
-        )
-    )
 
 
 def train_epoch_program(
@@ -440,14 +303,12 @@ def train_epoch_program(
     one_at_a_time = not (default_vectorize() if vectorize is None else vectorize)
     num_members = len(sizes)
     if one_at_a_time and num_members > 1:
-        steps = replicated_program(
-            functools.partial(train_member_steps, **kwargs), mesh, mode, num_args=6
-        )
+        steps = replicated(functools.partial(train_member_steps, **kwargs), mesh, mode, num_args=6)
     else:
-        steps = replicated_program(functools.partial(train_steps, **kwargs), mesh, mode, num_args=5)
+        steps = replicated(functools.partial(train_steps, **kwargs), mesh, mode, num_args=5)
 
     def run(states, data, hparams, step_keys, order_keys, epoch):
-        positions = train.replicate(orders(order_keys, epoch), mesh)
+        positions = parallel.replicate(orders(order_keys, epoch), mesh)
         if not one_at_a_time or num_members == 1:
             states, metrics = steps(states, data, hparams, step_keys, positions)
             return states, jax.device_get(metrics)
@@ -490,4 +351,10 @@ def evaluate_program(
         batch_size=batch_size, num_devices=mesh.devices.size,
         vectorize=default_vectorize() if vectorize is None else vectorize,
     )  # fmt: skip
-    return replicated_program(fn, mesh, mode, num_args=4 if rows == "all" else 5)
+    return replicated(fn, mesh, mode, num_args=4 if rows == "all" else 5)
+
+
+def replicated(fn: Callable, mesh: Mesh, mode: str, *, num_args: int) -> Callable:
+    """A program whose arguments and results are all replicated (:func:`parallel.parallelize`);
+    ``fn`` splits the work itself with ``axis_index``."""
+    return parallel.parallelize(fn, mesh, mode, sharded=(False,) * num_args)

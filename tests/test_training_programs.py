@@ -1,7 +1,7 @@
-"""Tests for robust_losses_jax.device_loop: whole epochs on the devices, vmapped model stacks.
+"""Tests for robust_losses_jax.training.programs: whole epochs on the devices, vmapped model stacks.
 
 The reference for every check is the streaming path (host batches, one pmap'd step at a time,
-:func:`train.train_step`): the compiled epoch must train on the same batches and reach the same
+:func:`step_lib.train_step`): the compiled epoch must train on the same batches and reach the same
 weights up to float rounding, one model or a stack.
 """
 
@@ -13,8 +13,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from robust_losses_jax import device_loop, models, train
 from robust_losses_jax import input_pipeline as ip
+from robust_losses_jax import models
+from robust_losses_jax.training import engines, parallel, programs, stacking
+from robust_losses_jax.training import step as step_lib
 
 BATCH = 64
 
@@ -28,20 +30,20 @@ def digits():
 
 def make_member(split, rows, seed, gamma, tag=""):
     keys = tuple(jax.random.fold_in(jax.random.key(seed), i) for i in range(3))
-    return device_loop.Member(
+    return stacking.Member(
         labels=split.labels, rows=np.asarray(rows), keys=keys, hparams={"gamma": gamma, "tau": 0.0},
         tag=tag,
     )  # fmt: skip
 
 
 def setting(split, mean, std, model_name, steps_per_epoch, augment=True):
-    model = models.get_model(model_name, 10, bn_axis_name=train.AXIS)
-    tx = train.make_optimizer("sgd", 0.05, total_steps=100)  # Adam would magnify rounding.
-    config = train.StepConfig(
+    model = models.get_model(model_name, 10, bn_axis_name=parallel.AXIS)
+    tx = step_lib.make_optimizer("sgd", 0.05, total_steps=100)  # Adam would magnify rounding.
+    config = step_lib.StepConfig(
         loss_name="power", delay_steps=2, steps_per_epoch=steps_per_epoch, augment=augment
     )
     init = functools.partial(
-        train.create_train_state, model=model, image_shape=split.images.shape[1:], tx=tx
+        step_lib.create_train_state, model=model, image_shape=split.images.shape[1:], tx=tx
     )
     return init, config
 
@@ -54,12 +56,12 @@ def streaming_epochs(split, mean, std, member, *, model_name, epochs, devices, m
     """
     steps = len(member.rows) // BATCH
     init, config = setting(split, mean, std, model_name, steps)
-    mesh = train.data_mesh(devices)
+    mesh = parallel.data_mesh(devices)
     step = functools.partial(
-        train.train_step, config=config, key=member.keys[1], mean=mean, std=std
+        step_lib.train_step, config=config, key=member.keys[1], mean=mean, std=std
     )
-    fn = train.parallelize(step, mesh, mode)
-    state = train.replicate(init(member.keys[0]), mesh)
+    fn = parallel.parallelize(step, mesh, mode)
+    state = parallel.replicate(init(member.keys[0]), mesh)
     hparams = {k: jnp.float32(v) for k, v in member.hparams.items()}
     images, labels = split.images[member.rows], split.labels[member.rows]
     margins = []
@@ -67,11 +69,12 @@ def streaming_epochs(split, mean, std, member, *, model_name, epochs, devices, m
         order = ip.epoch_permutation(member.keys[2], epoch, len(member.rows))
         steps = []
         for batch in ip.train_batches(images, labels, order, BATCH, len(devices)):
-            state, metrics = fn(state, jax.device_put(batch, train.batch_sharding(mesh)), hparams)
+            batch = jax.device_put(batch, parallel.batch_sharding(mesh))
+            state, metrics = fn(state, batch, hparams)
             steps.append(jax.device_get(metrics))
             margins.append(steps[-1]["margin"])
         if sums is not None:
-            sums.update({k: sum(m[k] for m in steps) for k in device_loop.SUMMED})
+            sums.update({k: sum(m[k] for m in steps) for k in programs.SUMMED})
             sums["finite"] = np.array([m["finite"] for m in steps])
     return state, np.concatenate(margins)
 
@@ -82,18 +85,20 @@ def device_epochs(split, mean, std, members, *, model_name, epochs, devices, mod
     program per member in turn; ``vectorize=True``: vmapped, as on accelerators)."""
     steps = len(members[0].rows) // BATCH
     init, config = setting(split, mean, std, model_name, steps)
-    mesh = train.data_mesh(devices)
+    mesh = parallel.data_mesh(devices)
 
     def step_fn(state, batch, hparams, key):
-        return train.train_step(state, batch, hparams, config=config, key=key, mean=mean, std=std)
+        return step_lib.train_step(
+            state, batch, hparams, config=config, key=key, mean=mean, std=std
+        )
 
-    program = device_loop.train_epoch_program(
+    program = programs.train_epoch_program(
         step_fn, mesh, mode, sizes=tuple(len(m.rows) for m in members), batch_size=BATCH,
         steps_per_epoch=steps, vectorize=vectorize,
     )  # fmt: skip
-    states = train.replicate(device_loop.stack([init(m.keys[0]) for m in members]), mesh)
-    data = train.replicate(device_loop.stack_data(split.images, members), mesh)
-    hparams = device_loop.stacked_hparams(members)
+    states = parallel.replicate(stacking.stack([init(m.keys[0]) for m in members]), mesh)
+    data = parallel.replicate(stacking.stack_data(split.images, members), mesh)
+    hparams = stacking.stacked_hparams(members)
     step_keys = jnp.stack([m.keys[1] for m in members])
     order_keys = jnp.stack([m.keys[2] for m in members])
     metrics = []
@@ -110,7 +115,7 @@ def assert_trees_close(a, b, atol):
 
 def test_epoch_order_is_the_host_permutation_cut_into_batches():
     key = jax.random.key(7)
-    order = jax.jit(device_loop.epoch_order, static_argnums=(2, 3, 4))(key, 3, 100, 6, 16)
+    order = jax.jit(programs.epoch_order, static_argnums=(2, 3, 4))(key, 3, 100, 6, 16)
     chex.assert_shape(order, (6, 16))
     np.testing.assert_array_equal(np.asarray(order).ravel(), ip.epoch_permutation(key, 3, 100)[:96])
 
@@ -128,7 +133,7 @@ def test_a_compiled_epoch_trains_like_the_streaming_steps(digits, mode):
     states, metrics = device_epochs(
         split, mean, std, [member], model_name="small_cnn", epochs=2, devices=devices, mode=mode
     )
-    assert_trees_close(device_loop.unstack(states, 0).params, ref_state.params, atol=1e-5)
+    assert_trees_close(stacking.unstack(states, 0).params, ref_state.params, atol=1e-5)
     assert int(np.ravel(states.step)[0]) == int(ref_state.step) == 20
     # Each example's margins summed over the epoch: the same batches, in the same order.
     ref_epoch0 = np.zeros(640)
@@ -191,16 +196,16 @@ def test_a_stack_trains_each_member_as_if_alone(digits, model_name, vectorize):
             split, mean, std, member, model_name=model_name, epochs=1, devices=devices, sums=sums
         )
         # Each member's epoch metrics are its own ([M, ...] in member order).
-        for name in device_loop.SUMMED:
+        for name in programs.SUMMED:
             np.testing.assert_allclose(metrics[0][name][k], sums[name], rtol=2e-5, err_msg=name)
         np.testing.assert_array_equal(metrics[0]["finite"][k], sums["finite"])
-        stacked = device_loop.unstack(states, k)
+        stacked = stacking.unstack(states, k)
         assert_trees_close(stacked.params, alone.params, atol=2e-5)
         assert_trees_close(stacked.batch_stats, alone.batch_stats, atol=2e-5)
         # Margins are recorded by position in the member's own rows, each once per epoch.
         np.testing.assert_array_equal(metrics[0]["margin_count"][k], np.ones(640))
     # Members really differ: different rows, keys and losses give different weights.
-    p = [np.asarray(jax.tree.leaves(device_loop.unstack(states, k).params)[0]) for k in range(3)]
+    p = [np.asarray(jax.tree.leaves(stacking.unstack(states, k).params)[0]) for k in range(3)]
     assert not np.allclose(p[0], p[1]) and not np.allclose(p[1], p[2])
 
 
@@ -212,21 +217,21 @@ def test_stacked_evaluation_is_every_member_on_every_row_in_canonical_order(digi
         split, mean, std, members, model_name="mlp", epochs=1, devices=devices
     )
     _, config = setting(split, mean, std, "mlp", 8)
-    mesh = train.data_mesh(devices)
-    eval_step = functools.partial(train.eval_step, config=config, mean=mean, std=std)
-    program = device_loop.evaluate_program(eval_step, mesh, "pmap", batch_size=96)
+    mesh = parallel.data_mesh(devices)
+    eval_step = functools.partial(step_lib.eval_step, config=config, mean=mean, std=std)
+    program = programs.evaluate_program(eval_step, mesh, "pmap", batch_size=96)
     num_rows = 500  # Not a multiple of the eval batch: the last batch is padded, then cut.
     images = split.images[:num_rows]
     labels = np.stack([split.labels[:num_rows], (split.labels[:num_rows] + 1) % 10])
-    hparams = device_loop.stacked_hparams(members)
+    hparams = stacking.stacked_hparams(members)
     out = jax.device_get(program(states, jnp.asarray(images), jnp.asarray(labels), hparams))
     chex.assert_shape(out["logits"], (2, num_rows, 10))
     chex.assert_shape([out["p_t"], out["pred"], out["margin"]], (2, num_rows))
-    lone_eval = train.parallelize(eval_step, mesh, "pmap", collective=False)
+    lone_eval = parallel.parallelize(eval_step, mesh, "pmap", collective=False)
     for m in range(2):
-        state = device_loop.unstack(states, m)
-        expected = train.evaluate(
-            lone_eval, state, images, labels[m], device_loop.unstack(hparams, m), mesh=mesh,
+        state = stacking.unstack(states, m)
+        expected = engines.evaluate(
+            lone_eval, state, images, labels[m], stacking.unstack(hparams, m), mesh=mesh,
             batch_size=96,
         )  # fmt: skip
         for name in ("logits", "p_t", "probs", "margin"):
@@ -237,7 +242,7 @@ def test_stacked_evaluation_is_every_member_on_every_row_in_canonical_order(digi
     # 0, 10, ..., 490 no member (they come out zero), on the CPU's loop and with vmap.
     member_of_row = (np.arange(num_rows) % 3 != 0).astype(np.int32)
     member_of_row[::10] = -1
-    rows = device_loop.held_out_rows(member_of_row, 2)
+    rows = stacking.held_out_rows(member_of_row, 2)
     widths = [(member_of_row == m).sum() for m in range(2)]
     chex.assert_shape(rows, (2, max(widths)))
     assert set(rows[0, : widths[0]]) == set(np.flatnonzero(member_of_row == 0))
@@ -245,7 +250,7 @@ def test_stacked_evaluation_is_every_member_on_every_row_in_canonical_order(digi
     # On CPU one member at a time (pmap and shard_map), and vmapped as on accelerators.
     for vectorize, mode in [(False, "pmap"), (False, "shard_map"), (True, "pmap")]:
         held_out, per_member = (
-            device_loop.evaluate_program(
+            programs.evaluate_program(
                 eval_step, mesh, mode, batch_size=96, rows=kind, vectorize=vectorize
             )
             for kind in ("held_out", "per_member")
@@ -266,14 +271,14 @@ def test_stacked_evaluation_is_every_member_on_every_row_in_canonical_order(digi
             expected = np.where((member_of_row == -1).reshape(shape), 0, expected)
             np.testing.assert_allclose(picked[name], expected, atol=1e-6, err_msg=name)
     with pytest.raises(ValueError, match=r"members \[1\] hold no rows"):
-        device_loop.held_out_rows(np.zeros(4, np.int32), 2)
+        stacking.held_out_rows(np.zeros(4, np.int32), 2)
     with pytest.raises(ValueError, match="Unknown evaluation 'some'; choose from all, per_member"):
-        device_loop.evaluate_program(eval_step, mesh, "pmap", batch_size=96, rows="some")
+        programs.evaluate_program(eval_step, mesh, "pmap", batch_size=96, rows="some")
 
 
 def test_members_must_name_the_same_hyperparameters(digits):
     split, _, _ = digits
     a = make_member(split, np.arange(10), seed=0, gamma=1.0)
-    b = device_loop.Member(labels=split.labels, rows=np.arange(10), keys=a.keys, hparams={"q": 1})
+    b = stacking.Member(labels=split.labels, rows=np.arange(10), keys=a.keys, hparams={"q": 1})
     with pytest.raises(ValueError, match="different hyperparameters"):
-        device_loop.stacked_hparams([a, b])
+        stacking.stacked_hparams([a, b])

@@ -1,4 +1,4 @@
-"""trainer.fit beyond what the runner's end-to-end tests see: phase times, shared programs,
+"""loop.fit beyond what the runner's end-to-end tests see: phase times, shared programs,
 held-out outputs."""
 
 import dataclasses
@@ -10,12 +10,14 @@ import pytest
 
 from robust_losses_jax import config as config_lib
 from robust_losses_jax import experiment
+from robust_losses_jax.training.engines import ProgramCache
 
 PHASES = {"setup", "train", "test", "records", "checkpoint"}
 
 
-def digits_fit_run(workdir, **overrides):
-    """``(cfg, data, fit_run)`` for 600 digits (an MLP, 2 epochs unless ``overrides`` say)."""
+def digits_fit_run(workdir, cache=None, **overrides):
+    """``(cfg, data, fit_run)`` for 600 digits (an MLP, 2 epochs unless ``overrides`` say);
+    ``cache``: a :class:`ProgramCache` shared with other fits."""
     cfg = config_lib.Config(
         **{"dataset": "sklearn_digits", "model": "mlp", "batch_size": 64,
            "eval_batch_size": 256, "train_size": 600, "epochs": 2, **overrides},
@@ -23,14 +25,14 @@ def digits_fit_run(workdir, **overrides):
     data = experiment.noisy_training_data(cfg, None)
     fit_run = experiment._fit_run(
         cfg, data, workdir, resume=False, progress=False, devices=jax.local_devices(),
-        log=lambda _: None,
+        log=lambda _: None, cache=cache,
     )  # fmt: skip
     return cfg, data, fit_run
 
 
 def run_on_digits(workdir, **overrides) -> None:
     """A run of the protocol ``overrides`` configure on 600 digits (an MLP, 2 epochs), with
-    ``fit_kwargs`` passed to every :func:`trainer.fit`."""
+    ``fit_kwargs`` passed to every :func:`training.loop.fit`."""
     fit_kwargs = overrides.pop("fit_kwargs", {})
     cfg, data, fit_run = digits_fit_run(workdir, **overrides)
     protocol = experiment.protocol_for(cfg, data, workdir, jax.random.key(cfg.seed), lambda _: None)
@@ -61,9 +63,9 @@ def test_fit_adds_wall_seconds_by_phase(tmp_path, detector, sequential, phases):
 
 
 def test_fits_with_equal_settings_share_their_compiled_programs(tmp_path):
-    """A second run that differs only in its seed (other labels, keys and weights) traces and
-    compiles nothing: the model, optimiser and programs of the first are reused (sequential
-    folds and sweep cells do the same)."""
+    """A second run that differs only in its seed (other labels, keys and weights), given the
+    first's ProgramCache, traces and compiles nothing: the model, optimiser and programs of the
+    first are reused (sequential folds and sweep cells do the same)."""
     compiles = []
 
     def on_event(event: str, seconds: float, **_) -> None:
@@ -73,9 +75,10 @@ def test_fits_with_equal_settings_share_their_compiled_programs(tmp_path):
     jax.monitoring.register_event_duration_secs_listener(on_event)
     try:
         counts = []
+        cache = ProgramCache()
         for seed in (0, 1):
             before = len(compiles)
-            run_on_digits(tmp_path / str(seed), seed=seed)
+            run_on_digits(tmp_path / str(seed), seed=seed, cache=cache)
             counts.append(len(compiles) - before)
     finally:
         jax.monitoring.unregister_event_duration_listener(on_event)
@@ -88,13 +91,13 @@ def test_held_out_outputs_are_each_members_own_rows_from_one_evaluation(tmp_path
     gets what evaluating it on every row and keeping those rows gives."""
     import numpy as np
 
-    from robust_losses_jax import device_loop
+    from robust_losses_jax.training import stacking
 
     cfg, data, fit_run = digits_fit_run(tmp_path, epochs=1, detector="cl", folds=2)
     rng = np.random.default_rng(0)
     given = data["given_label"]
     members = [
-        device_loop.Member(
+        stacking.Member(
             labels=(given + shift) % 10,  # Each member scores p_t against its own labels.
             rows=np.sort(rng.choice(600, size=size, replace=False)),
             keys=experiment._run_keys(jax.random.key(0), m),
@@ -130,7 +133,7 @@ def test_auto_tau_is_chosen_after_the_delay_recorded_and_traced(tmp_path):
         if event.startswith("/jax/core/compile/"):
             compiles.append(event)
 
-    settings = {"loss": "cutoff", "delay_epochs": 1, "epochs": 3}
+    settings = {"loss": "cutoff", "delay_epochs": 1, "epochs": 3, "cache": ProgramCache()}
     jax.monitoring.register_event_duration_secs_listener(on_event)
     try:
         run_on_digits(tmp_path / "fixed", loss_hparams={"tau": 0.1}, **settings)
