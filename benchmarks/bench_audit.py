@@ -35,7 +35,8 @@ xla_setup.configure_cpu()
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from robust_losses_jax import audit, corruption, experiment, input_pipeline, metrics  # noqa: E402
+from robust_losses_jax import audit, corruption, input_pipeline, metrics  # noqa: E402
+from robust_losses_jax.protocols import cross_validation  # noqa: E402
 
 
 def planted(num_train: int, noise_rate: float, seed: int, npz: str | None = None):
@@ -71,7 +72,9 @@ def torch_audit(cfg, images, labels) -> tuple[float, np.ndarray, str] | None:
     from cleanlab.rank import get_label_quality_scores
 
     start = time.perf_counter()
-    fold_of = experiment.cross_validation_folds(jax.random.key(cfg.seed), len(labels), cfg.folds)
+    fold_of = cross_validation.cross_validation_folds(
+        jax.random.key(cfg.seed), len(labels), cfg.folds
+    )
     probs = torch_reference.kfold_protocol(
         images, labels, folds=cfg.folds, fold_of=fold_of, epochs=cfg.epochs,
         batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, num_classes=10,

@@ -6,8 +6,9 @@ fold, then run Confident Learning on the out-of-sample probabilities. Rows:
 
 - ``torch eager``: ``benchmarks/torch_reference.py`` (the authors' loop, folds one after another;
   needs torch, ``requirements-bench.txt``);
-- ``jax sequential``: this project's runner protocol (:func:`experiment.cross_validated`) with
-  ``sequential=True``: five models one after another, each epoch compiled;
+- ``jax sequential``: this project's runner protocol
+  (:func:`protocols.cross_validation.cross_validated`) with ``sequential=True``: five models
+  one after another, each epoch compiled;
 - ``jax stacked``: the same with the five models trained together in one program (the default
   of ``experiments.run --detector=cl``): ``jax.vmap`` over the models on accelerators, a
   loop over them inside the program on CPU (see :mod:`robust_losses_jax.training.programs`).
@@ -52,14 +53,11 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from robust_losses_jax import config as config_lib  # noqa: E402
-from robust_losses_jax import (  # noqa: E402
-    corruption,
-    detection,
-    experiment,
-    input_pipeline,
-    metrics,
-)
+from robust_losses_jax import corruption, detection, input_pipeline, metrics  # noqa: E402
+from robust_losses_jax.noisy_data import NoisyData  # noqa: E402
+from robust_losses_jax.protocols import cross_validation  # noqa: E402
 from robust_losses_jax.training import loop  # noqa: E402
+from robust_losses_jax.training.engines import ProgramCache  # noqa: E402
 
 
 def load_data(num_train: int, num_test: int, npz: str | None):
@@ -97,12 +95,13 @@ def jax_protocol(cfg, data, workdir: Path) -> tuple[float, dict, dict, dict]:
     jax.monitoring.register_event_duration_secs_listener(on_event)
     start = time.perf_counter()
     fit_run = functools.partial(
-        loop.fit, cfg, real_classes=data["num_classes"], test_images=data["test_images"],
-        test_labels=data["test_labels"], mean=data["mean"], std=data["std"], workdir=workdir,
+        loop.fit, cfg, real_classes=data.num_classes, test_images=data.test_images,
+        test_labels=data.test_labels, mean=data.mean, std=data.std, workdir=workdir,
         progress=False, devices=jax.local_devices(), log=lambda _: None, timings=timings,
+        cache=ProgramCache(),  # The run's folds share their programs, as in a real run.
     )  # fmt: skip
     try:
-        _, extra = experiment.cross_validated(
+        _, extra = cross_validation.cross_validated(
             cfg, data, fit_run, workdir, jax.random.key(cfg.seed), lambda _: None
         )
     finally:
@@ -121,17 +120,17 @@ def torch_protocol(cfg, data) -> tuple[float, dict] | None:
     import torch
 
     start = time.perf_counter()
-    fold_of = experiment.cross_validation_folds(
-        jax.random.key(cfg.seed), len(data["given_label"]), cfg.folds
+    fold_of = cross_validation.cross_validation_folds(
+        jax.random.key(cfg.seed), len(data.given_label), cfg.folds
     )
     probs = torch_reference.kfold_protocol(
-        data["images"], data["given_label"], folds=cfg.folds, fold_of=fold_of, epochs=cfg.epochs,
-        batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, num_classes=data["num_classes"],
+        data.images, data.given_label, folds=cfg.folds, fold_of=fold_of, epochs=cfg.epochs,
+        batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, num_classes=data.num_classes,
         device="cuda" if torch.cuda.is_available() else "cpu",
     )  # fmt: skip
-    is_flagged, _ = detection.confident_learning(data["given_label"], probs)
+    is_flagged, _ = detection.confident_learning(data.given_label, probs)
     seconds = time.perf_counter() - start
-    return seconds, metrics.detection_metrics(data["is_corrupted"], is_flagged)
+    return seconds, metrics.detection_metrics(data.is_corrupted, is_flagged)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -176,11 +175,11 @@ def main(argv: list[str] | None = None) -> None:
         jax.random.fold_in(jax.random.key(cfg.seed), 0), true_labels, 10, cfg.noise_rate
     )
     mean, std = input_pipeline.channel_stats(images)
-    data = {
-        "images": images, "true_label": true_labels, "given_label": np.asarray(noisy),
-        "is_corrupted": np.asarray(is_corrupted), "test_images": test_images,
-        "test_labels": test_labels, "num_classes": 10, "mean": mean, "std": std,
-    }  # fmt: skip
+    data = NoisyData(
+        images=images, true_label=true_labels, given_label=np.asarray(noisy),
+        is_corrupted=np.asarray(is_corrupted), test_images=test_images, test_labels=test_labels,
+        num_classes=10, class_names=None, mean=mean, std=std,
+    )  # fmt: skip
     print(
         f"5-fold CL protocol: {num_train} Fashion-MNIST examples, {epochs} epoch(s), small CNN, "
         f"batch {cfg.batch_size}; backend {jax.default_backend()} "

@@ -73,6 +73,16 @@ def quiet_startup(argv: Sequence[str]) -> bool:
     return True
 
 
+def prepare_process(argv: Sequence[str]) -> None:
+    """What an entry point's ``main`` does first, before JAX or TensorFlow start (both read the
+    environment once): quiet their start-up logs unless ``argv`` asks for ``--verbose``
+    (:func:`quiet_startup`), and set XLA:CPU's flags (``xla_setup.configure_cpu``)."""
+    from robust_losses_jax import xla_setup
+
+    quiet_startup(argv)
+    xla_setup.configure_cpu()
+
+
 class _AfterImport(importlib.abc.MetaPathFinder):
     """Finds one module with the other finders and has its loader call ``callback(module)`` once
     the module has run."""

@@ -26,11 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from experiments import cli
-
-cli.quiet_startup(sys.argv[1:])  # Before JAX or TensorFlow starts (both read the environment).
-
-from experiments import run  # noqa: E402
+from experiments import cli, run
 
 
 def build_parser() -> cli.ConfigParser:
@@ -127,12 +123,14 @@ def audit_summary(issues, cfg, *, dataset: str, seconds: float, run_summary: dic
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    cli.prepare_process(argv)
     args = build_parser().parse_args(argv)
     start = time.perf_counter()
     import jax
     import numpy as np
 
-    from robust_losses_jax import audit, experiment, input_pipeline, records, user_data
+    from robust_losses_jax import audit, experiment, input_pipeline, noisy_data, records, user_data
     from robust_losses_jax import config as config_lib
     from robust_losses_jax.training import checkpoints, loop
 
@@ -145,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         config_lib.validate(cfg, num_devices=jax.device_count())
         if not user_data.is_user_dataset(cfg.dataset):  # Loading checks the user's own.
             input_pipeline.check_dataset(cfg.dataset, args.data_dir)
-        train, test = experiment.load_splits(cfg, args.data_dir)
+        train, test = noisy_data.load_splits(cfg, args.data_dir)
         train = train.take(cfg.train_size and min(cfg.train_size, len(train)))
         audit.check_training_split(train, where=f"--dataset={cfg.dataset}")
         probs = None

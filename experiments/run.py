@@ -13,16 +13,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from experiments import cli
+from robust_losses_jax import xla_setup
 
-cli.quiet_startup(sys.argv[1:])  # Before JAX or TensorFlow starts (both read the environment).
-
-from robust_losses_jax import xla_setup  # noqa: E402
-
-xla_setup.configure_cpu()  # Before JAX starts its backends (see xla_setup).
-
-from robust_losses_jax.config import Config  # noqa: E402
+if TYPE_CHECKING:
+    from robust_losses_jax.config import Config
 
 LOSS_FLAGS = cli.LOSS_FLAGS
 
@@ -102,6 +99,8 @@ def build_config(args: argparse.Namespace) -> Config:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    cli.prepare_process(argv)
     try:
         args = parse_args(argv)
     except SystemExit as stop:  # --help, --version, or a bad flag (its one line is printed).

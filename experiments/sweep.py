@@ -39,12 +39,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from experiments import cli
-
-cli.quiet_startup(sys.argv[1:])  # Before JAX or TensorFlow starts (both read the environment).
-
-from robust_losses_jax import xla_setup  # noqa: E402
-
-xla_setup.configure_cpu()  # Before JAX starts its backends.
+from robust_losses_jax import xla_setup
 
 DEFAULT_LOSSES = (
     "ce;focal:gamma=2;gce;sce;nce_rce;power:gamma=0.5;power:gamma=1;power:gamma=2;"
@@ -419,6 +414,7 @@ def write_results(workdir: Path) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    cli.prepare_process(argv)
     run_flags: list[str] = []
     if "--" in argv:
         split = argv.index("--")

@@ -21,13 +21,14 @@ Every file is written to a temporary name and renamed, so a killed run leaves no
 differ only in seed, noise or loss hyperparameters, their models trained in one stack (the
 sweep's default), each run's folder getting what it would alone.
 
-The models themselves are trained by :func:`fit`; this module sets up the data, the
-detection protocols (in-sample ``p_t``, K-fold Confident Learning, AUM) and what they write.
+The run's data comes from :mod:`noisy_data`, its models and what it makes of them from the
+detection protocol its detector names (:mod:`protocols`: in-sample ``p_t``, K-fold Confident
+Learning, AUM), and the models are trained by :func:`training.loop.fit`; this module checks the
+workdir, runs the protocol and scores and writes what it gives.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import warnings
@@ -38,17 +39,11 @@ from typing import Any
 import jax
 import numpy as np
 
-from robust_losses_jax import (
-    config as config_lib,
-)
-from robust_losses_jax import (
-    corruption,
-    detection,
-    input_pipeline,
-    metrics,
-)
-from robust_losses_jax.records import atomic_write, is_writer, strict_json, write_json
-from robust_losses_jax.training import stacking
+from robust_losses_jax import config as config_lib
+from robust_losses_jax import corruption, detection, input_pipeline, metrics, noisy_data, protocols
+from robust_losses_jax.noisy_data import NoisyData
+from robust_losses_jax.protocols.base import run_protocol
+from robust_losses_jax.records import atomic_write, barrier, is_writer, strict_json, write_json
 from robust_losses_jax.training.engines import ProgramCache, uses_device_data
 from robust_losses_jax.training.loop import Fitted, fit, member_steps_per_epoch
 from robust_losses_jax.training.step import LOW_WEIGHT
@@ -60,72 +55,6 @@ class WorkdirError(ValueError):
     def __init__(self, reason: str, advice: str):
         super().__init__(f"{reason}; {advice}.")
         self.reason, self.advice = reason, advice
-
-
-# --------------------------------------------------------------------------------------------------
-# Multi-host outputs (written by process 0: records.is_writer).
-# --------------------------------------------------------------------------------------------------
-
-
-def barrier(name: str) -> None:
-    """Wait for every process (multi-host) before reading what process 0 wrote."""
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)
-
-
-# --------------------------------------------------------------------------------------------------
-# Data.
-# --------------------------------------------------------------------------------------------------
-
-
-def load_splits(cfg: config_lib.Config, data_dir: str | None) -> tuple[Any, Any]:
-    """``(train, test)`` splits of ``cfg.dataset`` (the whole training split: see below)."""
-    return (
-        input_pipeline.load_split(cfg.dataset, "train", data_dir),
-        input_pipeline.load_split(cfg.dataset, "test", data_dir, cfg.test_size, missing_ok=True),
-    )
-
-
-def noisy_training_data(
-    cfg: config_lib.Config, data_dir: str | None, splits: tuple[Any, Any] | None = None
-) -> dict[str, Any]:
-    """The training split with corrupted labels, and the test split, as host arrays.
-
-    Corruption is decided over the whole training split from the seed, then the first
-    ``train_size`` examples are kept: the same seed gives the same flips whatever the subset.
-    ``splits``: :func:`load_splits`' result, when several runs share it.
-    """
-    train_split, test_split = splits or load_splits(cfg, data_dir)
-    num_classes = train_split.num_classes
-    kwargs: dict[str, Any] = {}
-    if cfg.noise_kind == "asymmetric":
-        kwargs["asymmetric_map"] = corruption.asymmetric_map_for(cfg.dataset)
-    corruption_key = jax.random.fold_in(jax.random.key(cfg.seed), 0)
-    noisy, is_corrupted = corruption.corrupt_labels(
-        corruption_key,
-        train_split.labels,
-        num_classes,
-        cfg.noise_rate,
-        kind=cfg.noise_kind,
-        transition=None if cfg.transition is None else np.asarray(cfg.transition),
-        **kwargs,
-    )
-    mean, std = input_pipeline.channel_stats(train_split.images)
-    keep = slice(0, cfg.train_size)
-    return {
-        "images": train_split.images[keep],
-        "true_label": train_split.labels[keep],
-        "given_label": np.asarray(noisy)[keep],
-        "is_corrupted": np.asarray(is_corrupted)[keep],
-        "test_images": test_split.images,
-        "test_labels": test_split.labels,
-        "num_classes": num_classes,
-        "class_names": train_split.class_names,
-        "mean": mean,
-        "std": std,
-    }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -225,303 +154,6 @@ def clear_outputs(workdir: Path) -> None:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
-def fold_assignment(key: jax.Array, num_examples: int, folds: int) -> np.ndarray:
-    """``[N]`` int: the fold (0..folds-1) of each example, near-equal sizes, from ``key`` only."""
-    order = np.asarray(jax.random.permutation(key, num_examples))
-    fold_of = np.empty(num_examples, np.int32)
-    fold_of[order] = np.arange(num_examples) % folds
-    return fold_of
-
-
-def cross_validation_folds(base_key: jax.Array, num_examples: int, folds: int) -> np.ndarray:
-    """``[N]``: the fold of each example in the K-fold protocol of a run whose key is ``base_key``
-    (``jax.random.key(seed)``); what :func:`cross_validated` uses, for references to reuse."""
-    return fold_assignment(jax.random.fold_in(base_key, 4), num_examples, folds)
-
-
-def _run_keys(base_key: jax.Array, run: int | None) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """``(init, step, order)`` keys; run ``None`` is the single in-sample run."""
-    keys = tuple(jax.random.fold_in(base_key, i) for i in (1, 2, 3))
-    if run is None:
-        return keys
-    return tuple(jax.random.fold_in(k, 1000 + run) for k in keys)
-
-
-def _loss_hparams(cfg: config_lib.Config) -> dict[str, float]:
-    return {k: float(v) for k, v in cfg.to_json()["loss_hparams"].items()}
-
-
-def fit_members(
-    cfg: config_lib.Config,
-    fit_run: Callable[..., Fitted],
-    images: np.ndarray,
-    members: list[stacking.Member],
-    *,
-    stack_tag: str,
-    log: Callable[[str], None],
-    **kwargs: Any,
-) -> list[tuple[Fitted, int]]:
-    """Train ``members``: vmapped together in one stack, or one after another.
-
-    One after another with ``cfg.sequential``, with streamed data, or when the members'
-    steps per epoch differ (folds of unequal size across a batch boundary). Returns, per member,
-    the :class:`Fitted` stack that holds it and its position there.
-    """
-    steps = member_steps_per_epoch(members, cfg.batch_size)
-    together = not cfg.sequential and uses_device_data(cfg) and len(members) > 1
-    if together and len(steps) > 1:
-        log(f"{stack_tag}: steps per epoch differ ({sorted(steps)}); training one at a time")
-        together = False
-    if together:
-        fitted = fit_run(images, members, tag=stack_tag, **kwargs)
-        return [(fitted, i) for i in range(len(members))]
-    return [(fit_run(images, [m], tag=m.tag, **kwargs), 0) for m in members]
-
-
-def by_stack(trained: list[tuple[Fitted, int]]) -> list[tuple[Fitted, dict[int, int]]]:
-    """:func:`fit_members`' result grouped by stack: ``(fitted, {member index: position})``."""
-    stacks: dict[int, tuple[Fitted, dict[int, int]]] = {}
-    for j, (fitted, i) in enumerate(trained):
-        stacks.setdefault(id(fitted), (fitted, {}))[1][j] = i
-    return list(stacks.values())
-
-
-def _training_outputs(fitted: Fitted, position: int) -> dict[str, np.ndarray]:
-    """One member's outputs on every training row, against its own labels."""
-    return {k: v[position] for k, v in fitted.training_outputs().items()}
-
-
-def _predictions(out: dict[str, np.ndarray], data: dict[str, Any]) -> dict[str, np.ndarray]:
-    return {
-        "p_t": out["p_t"],
-        "probs": out["probs"],
-        "margin": out["margin"],
-        "pred": out["pred"],
-        "weight": out["weight"],
-        "given_label": data["given_label"],
-        "true_label": data["true_label"],
-        "is_corrupted": data["is_corrupted"],
-    }
-
-
-OUT_OF_SAMPLE = ("logits", "probs", "p_t", "margin", "pred", "weight")
-
-
-@dataclasses.dataclass(frozen=True)
-class Protocol:
-    """A run's detection protocol, set up: the models it still needs and what it makes of them.
-
-    Attributes:
-      members: the models to train (fewer than the protocol's when an interrupted run saved
-        some: a finished fold is not trained again).
-      fit_kwargs: what :func:`fit` needs besides (``num_classes``, ``is_corrupted``).
-      finish: ``trained -> (predictions, extra)``, given per member the :class:`Fitted` stack
-        that holds it and its position there (:func:`fit_members`' result). The stack may hold
-        other runs' models too (a sweep trains several runs' models together).
-      stack_tag: the name of the members' stack when the run trains them alone.
-    """
-
-    members: list[stacking.Member]
-    fit_kwargs: dict[str, Any]
-    finish: Callable[[list[tuple[Fitted, int]]], tuple[dict, dict]]
-    stack_tag: str
-
-
-def in_sample(cfg, data, base_key) -> Protocol:
-    """``pt``: one model on every example; in-sample outputs, ``p_t`` tracked in tested epochs."""
-    given = data["given_label"]
-    member = stacking.Member(
-        labels=given, rows=np.arange(len(given)), keys=_run_keys(base_key, None),
-        hparams=_loss_hparams(cfg),
-    )  # fmt: skip
-
-    def finish(trained):
-        ((fitted, position),) = trained
-        predictions = _predictions(_training_outputs(fitted, position), data)
-        return predictions, {"test_accuracy": fitted.test_accuracy[position]}
-
-    kwargs = {"num_classes": data["num_classes"], "is_corrupted": data["is_corrupted"][None]}
-    return Protocol([member], kwargs, finish, stack_tag="")
-
-
-def cross_validated_protocol(cfg, data, workdir: Path, base_key, log) -> Protocol:
-    """K-fold out-of-sample outputs: each fold's rows from a fresh model trained on the others.
-
-    Each fold's outputs are saved to ``fold{k}.npz``, so a resumed run does not train a finished
-    fold again. Each fold's model evaluates only its fold's rows; when the K models are one stack
-    of their own, together, the outputs put in canonical order on the devices.
-    """
-    given = data["given_label"]
-    num_train = len(given)
-    fold_of = cross_validation_folds(base_key, num_train, cfg.folds)
-    paths = [workdir / f"fold{k}.npz" for k in range(cfg.folds)]
-    missing = [k for k, path in enumerate(paths) if not path.exists()]
-    for k in sorted(set(range(cfg.folds)) - set(missing)):
-        log(f"fold {k}: outputs found in {paths[k]}, not re-trained")
-    members = [
-        stacking.Member(
-            labels=given,
-            rows=np.flatnonzero(fold_of != k),
-            keys=_run_keys(base_key, k),
-            hparams=_loss_hparams(cfg),
-            tag=f"fold{k}",
-        )
-        for k in missing
-    ]
-
-    def fold_outputs(fitted: Fitted, position: dict[int, int]) -> dict[int, dict]:
-        """``{fold: outputs on its rows}`` of this run's members in one stack (by fold)."""
-        if len(position) == 1 and len(fitted.test_accuracy) == 1:  # A lone model: its fold.
-            ((k, _),) = position.items()
-            held_out = fold_of == k
-            out = fitted.outputs(data["images"][held_out], given[None, held_out])
-            return {k: {name: v[0] for name, v in out.items()}}
-        if len(position) == len(fitted.test_accuracy):  # The stack is this run's folds.
-            member_of_row = np.full(num_train, -1, np.int32)  # Finished folds: no member.
-            for k, i in position.items():
-                member_of_row[fold_of == k] = i
-            labels = np.broadcast_to(given, (len(position), num_train))
-            out = fitted.outputs(data["images"], labels, member_of_row)
-            return {k: {n: v[fold_of == k] for n, v in out.items()} for k in position}
-        # Other runs' models in the stack too (a sweep): every member of the stack on its own
-        # held-out rows, in one evaluation shared by the runs.
-        held_out = fitted.held_out_outputs()
-        return {k: held_out[i] for k, i in position.items()}
-
-    def finish(trained):
-        for fitted, member_position in by_stack(trained):
-            position = {missing[j]: i for j, i in member_position.items()}  # By fold.
-            for k, out in fold_outputs(fitted, position).items():
-                out = {n: out[n] for n in OUT_OF_SAMPLE}
-                out["test_accuracy"] = np.float64(fitted.test_accuracy[position[k]])
-                atomic_write(paths[k], lambda f, o=out: np.savez(f, **o), mode="wb")
-        barrier("folds written")
-        parts: dict[str, np.ndarray] = {}
-        test_accuracies = []
-        for k, path in enumerate(paths):
-            held_out = fold_of == k
-            with np.load(path) as saved:
-                test_accuracies.append(float(saved["test_accuracy"]))
-                for name in OUT_OF_SAMPLE:
-                    if name not in parts:
-                        shape = (num_train, *saved[name].shape[1:])
-                        parts[name] = np.zeros(shape, saved[name].dtype)
-                    parts[name][held_out] = saved[name]  # Back in canonical order.
-        predictions = _predictions(parts, data)
-        predictions["fold"] = fold_of
-        is_flagged, score = detection.confident_learning(
-            given, parts["probs"], filter_by=cfg.cl_filter_by
-        )
-        predictions["is_flagged_cl"] = is_flagged
-        predictions["cl_score"] = score  # Self-confidence: 1 - out-of-sample p_t.
-        extra = {
-            "confident_learning": {
-                **metrics.detection_metrics(data["is_corrupted"], is_flagged),
-                "filter_by": cfg.cl_filter_by,
-            },
-            "test_accuracy_per_fold": test_accuracies,
-            "test_accuracy": float(np.mean(test_accuracies)),
-        }
-        return predictions, extra
-
-    return Protocol(members, {"num_classes": data["num_classes"]}, finish, stack_tag="folds")
-
-
-def cross_validated(cfg, data, fit_run, workdir: Path, base_key, log) -> tuple[dict, dict]:
-    """:func:`cross_validated_protocol`, trained: the K models in one stack unless
-    ``cfg.sequential``. Returns ``(predictions, extra)``."""
-    protocol = cross_validated_protocol(cfg, data, workdir, base_key, log)
-    return run_protocol(cfg, data, fit_run, protocol, log)
-
-
-def area_under_margin_protocol(cfg, data, base_key) -> Protocol:
-    """AUM: two runs, each with its own N/(C+1) threshold examples moved to a fake class C.
-
-    ``cfg.aum_rule``: ``"reference"`` (asappresearch/aum) flags an example when both runs that
-    judge it flag it and leaves the first epoch's margins out; ``"mean"`` averages the runs'
-    ``threshold - AUM`` and counts every epoch (:func:`detection.aum_detect`).
-    """
-    num_classes = data["num_classes"]
-    num_train = len(data["given_label"])
-    runs = detection.assign_threshold_examples(
-        jax.random.fold_in(base_key, 5), data["given_label"], num_classes, num_runs=2
-    )
-    members = [
-        stacking.Member(
-            labels=np.asarray(threshold_labels),
-            rows=np.arange(num_train),
-            keys=_run_keys(base_key, 100 + run),
-            hparams=_loss_hparams(cfg),
-            tag=f"aum{run}",
-        )
-        for run, (_, threshold_labels) in enumerate(runs)
-    ]
-
-    def finish(trained):
-        aums = [
-            np.asarray(detection.aum_scores(fitted.aum_sum[i], fitted.aum_count[i]))
-            for fitted, i in trained
-        ]
-        thresholds = [np.asarray(is_threshold) for is_threshold, _ in runs]
-        test_accuracies = [fitted.test_accuracy[i] for fitted, i in trained]
-        # Per-example outputs over the real classes only, for the given labels.
-        outs = [_training_outputs(fitted, i) for fitted, i in trained]
-        is_flagged, score = detection.aum_detect(
-            aums, thresholds, percentile=cfg.aum_percentile, rule=cfg.aum_rule
-        )
-        # The outputs of the run in which each example was not a threshold example (run 0 if
-        # neither).
-        thr0 = thresholds[0]
-        logits = np.where(thr0[:, None], outs[1]["logits"], outs[0]["logits"])[:, :num_classes]
-        probs = np.asarray(jax.nn.softmax(logits, axis=-1))
-        labels = data["given_label"]
-        p_t = probs[np.arange(len(labels)), labels]
-        margin = np.asarray(detection.margins(logits, labels))
-        weight = np.where(thr0, outs[1]["weight"], outs[0]["weight"])
-        out = {"probs": probs, "p_t": p_t, "margin": margin, "pred": logits.argmax(-1),
-               "weight": weight}  # fmt: skip
-        predictions = _predictions(out, data)
-        predictions.update(aum=np.where(thr0, aums[1], aums[0]), aum_score=score,
-                           is_flagged_aum=is_flagged, is_threshold_run0=thr0,
-                           is_threshold_run1=thresholds[1])  # fmt: skip
-        finite = np.isfinite(score)
-        extra = {
-            "aum": {
-                **metrics.detection_metrics(data["is_corrupted"], is_flagged),
-                **metrics.ranking_metrics(data["is_corrupted"][finite], score[finite]),
-                "percentile": cfg.aum_percentile,
-                "rule": cfg.aum_rule,
-            },
-            "test_accuracy_per_run": test_accuracies,
-            "test_accuracy": float(np.mean(test_accuracies)),
-        }
-        return predictions, extra
-
-    # The reference leaves the first epoch's margins out (they mostly reflect initialisation).
-    kwargs = {"num_classes": num_classes + 1, "aum_from_epoch": int(cfg.aum_rule == "reference")}
-    return Protocol(members, kwargs, finish, stack_tag="aum")
-
-
-def protocol_for(cfg, data, workdir: Path, base_key, log) -> Protocol:
-    """The protocol ``cfg.detector`` names, set up for this run."""
-    if cfg.detector == "cl":
-        return cross_validated_protocol(cfg, data, workdir, base_key, log)
-    if cfg.detector == "aum":
-        return area_under_margin_protocol(cfg, data, base_key)
-    return in_sample(cfg, data, base_key)
-
-
-def run_protocol(cfg, data, fit_run, protocol: Protocol, log) -> tuple[dict, dict]:
-    """Train a protocol's models (:func:`fit_members`) and finish it."""
-    trained = []
-    if protocol.members:
-        trained = fit_members(
-            cfg, fit_run, data["images"], protocol.members, stack_tag=protocol.stack_tag,
-            log=log, **protocol.fit_kwargs,
-        )  # fmt: skip
-    return protocol.finish(trained)
-
-
 def _start_run(cfg, workdir: Path, *, resume: bool, overwrite: bool, num_devices: int) -> None:
     """Validate, check the workdir (nothing written before), then write ``config.json``."""
     config_lib.validate(cfg, num_devices=num_devices)
@@ -533,10 +165,12 @@ def _start_run(cfg, workdir: Path, *, resume: bool, overwrite: bool, num_devices
     write_json(workdir / "config.json", cfg.to_json())
 
 
-def _fit_run(cfg, data, workdir: Path, *, resume, progress, devices, log, cache=None) -> Callable:
+def _fit_run(
+    cfg, data: NoisyData, workdir: Path, *, resume, progress, devices, log, cache=None
+) -> Callable:
     return functools.partial(
-        fit, cfg, real_classes=data["num_classes"], test_images=data["test_images"],
-        test_labels=data["test_labels"], mean=data["mean"], std=data["std"], workdir=workdir,
+        fit, cfg, real_classes=data.num_classes, test_images=data.test_images,
+        test_labels=data.test_labels, mean=data.mean, std=data.std, workdir=workdir,
         resume=resume, progress=progress, devices=devices, log=log,
         cache=cache or ProgramCache(),
     )  # fmt: skip
@@ -584,10 +218,10 @@ def train_and_evaluate(
         log, progress = (lambda _: None), False
     workdir = Path(workdir)
     _start_run(cfg, workdir, resume=resume, overwrite=overwrite, num_devices=len(devices))
-    data = noisy_training_data(cfg, data_dir, splits)
+    data = noisy_data.noisy_training_data(cfg, data_dir, splits)
     fit_run = _fit_run(cfg, data, workdir, resume=resume, progress=progress, devices=devices,
                        log=log, cache=cache)  # fmt: skip
-    protocol = protocol_for(cfg, data, workdir, jax.random.key(cfg.seed), log)
+    protocol = protocols.protocol_for(cfg, data, workdir, jax.random.key(cfg.seed), log)
     predictions, extra = run_protocol(cfg, data, fit_run, protocol, log)
     return summarise(cfg, workdir, data, predictions, extra, num_devices=len(devices), log=log)
 
@@ -648,42 +282,43 @@ def train_and_evaluate_together(
     workdirs = [Path(w) for w in workdirs]
     for cfg, workdir in zip(cfgs, workdirs, strict=True):
         _start_run(cfg, workdir, resume=True, overwrite=False, num_devices=len(devices))
-    splits = load_splits(cfgs[0], data_dir)  # One load: the runs share dataset and sizes.
-    datas = [noisy_training_data(cfg, data_dir, splits) for cfg in cfgs]
-    protocols = [
-        protocol_for(cfg, data, workdir, jax.random.key(cfg.seed), log)
+    splits = noisy_data.load_splits(cfgs[0], data_dir)  # One load: the runs share the dataset.
+    datas = [noisy_data.noisy_training_data(cfg, data_dir, splits) for cfg in cfgs]
+    run_protocols = [
+        protocols.protocol_for(cfg, data, workdir, jax.random.key(cfg.seed), log)
         for cfg, data, workdir in zip(cfgs, datas, workdirs, strict=True)
     ]
     members, record_dirs, owner = [], [], []
-    for r, (protocol, workdir) in enumerate(zip(protocols, workdirs, strict=True)):
+    for r, (protocol, workdir) in enumerate(zip(run_protocols, workdirs, strict=True)):
         members += protocol.members
         record_dirs += [workdir] * len(protocol.members)
         owner += [r] * len(protocol.members)
     steps = member_steps_per_epoch(members, cfgs[0].batch_size)
     if len(steps) > 1:  # Folds across a batch boundary: each run on its own, as it would alone.
         log(f"steps per epoch differ ({sorted(steps)}); training the runs one after another")
+        each = zip(cfgs, datas, workdirs, run_protocols, strict=True)
         results = [
             run_protocol(cfg, data, _fit_run(cfg, data, workdir, resume=True, progress=progress,
                                              devices=devices, log=log, cache=cache), protocol, log)
-            for cfg, data, workdir, protocol in zip(cfgs, datas, workdirs, protocols, strict=True)
+            for cfg, data, workdir, protocol in each
         ]  # fmt: skip
     else:
         trained: list[tuple[Fitted, int]] = []
         if members:
-            kwargs = dict(protocols[0].fit_kwargs)
+            kwargs = dict(run_protocols[0].fit_kwargs)
             if "is_corrupted" in kwargs:  # Each member tracked against its own run's corruption.
                 kwargs["is_corrupted"] = np.concatenate(
-                    [p.fit_kwargs["is_corrupted"] for p in protocols if p.members]
+                    [p.fit_kwargs["is_corrupted"] for p in run_protocols if p.members]
                 )
             fit_run = _fit_run(cfgs[0], datas[0], Path(stack_dir), resume=True,
                                progress=progress, devices=devices, log=log,
                                cache=cache)  # fmt: skip
-            fitted = fit_run(datas[0]["images"], members, tag="stack", record_dirs=record_dirs,
+            fitted = fit_run(datas[0].images, members, tag="stack", record_dirs=record_dirs,
                              **kwargs)  # fmt: skip
             trained = [(fitted, i) for i in range(len(members))]
         results = [
             protocol.finish([t for t, o in zip(trained, owner, strict=True) if o == r])
-            for r, protocol in enumerate(protocols)
+            for r, protocol in enumerate(run_protocols)
         ]
     return [
         summarise(cfg, workdir, data, predictions, extra, num_devices=len(devices), log=log)
@@ -699,12 +334,12 @@ def summarise(cfg, workdir: Path, data, predictions, extra, *, num_devices: int,
     atomic_write(
         workdir / "predictions.npz", lambda f: np.savez_compressed(f, **predictions), mode="wb"
     )
-    warning = degeneracy_warning(predictions, data["num_classes"])
+    warning = degeneracy_warning(predictions, data.num_classes)
     if warning:
         warnings.warn(warning, stacklevel=3)
         log(f"WARNING: {warning}")
-    report = corruption.noise_report(data["true_label"], data["given_label"], data["num_classes"])
-    is_corrupted = data["is_corrupted"]
+    report = corruption.noise_report(data.true_label, data.given_label, data.num_classes)
+    is_corrupted = data.is_corrupted
     detection_scores = score_detection(predictions, is_corrupted, cfg.pt_threshold)
     for name in ("confident_learning", "aum"):
         if name in extra:
@@ -720,14 +355,14 @@ def summarise(cfg, workdir: Path, data, predictions, extra, *, num_devices: int,
         "detector": cfg.detector,
         "test_accuracy": extra.pop("test_accuracy"),
         **extra,
-        "train_accuracy_true_labels": float(np.mean(predictions["pred"] == data["true_label"])),
+        "train_accuracy_true_labels": float(np.mean(predictions["pred"] == data.true_label)),
         # Of no corrupted examples it is undefined.
         "memorised_fraction": metrics.memorised_fraction(
-            predictions["pred"], data["given_label"], is_corrupted
+            predictions["pred"], data.given_label, is_corrupted
         )
         if injected
         else None,
-        "num_train": len(data["given_label"]),
+        "num_train": len(data.given_label),
         "num_corrupted": int(is_corrupted.sum()),
         "realised_noise_rate": float(report["realised_rate"]),
         "detection": detection_scores,

@@ -381,3 +381,21 @@ def test_a_run_preparing_its_dataset_is_quiet_unless_verbose(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert any(noise in done.stderr for noise in NOISE), done.stderr
+
+
+def test_importing_the_entry_points_changes_nothing():
+    """run, sweep and find_errors set XLA's flags and quiet the logs in main(), not on import:
+    importing them leaves the environment alone and starts neither JAX nor TensorFlow."""
+    code = (
+        "import os, sys; before = dict(os.environ)\n"
+        "import experiments.run, experiments.sweep, experiments.find_errors\n"
+        "changed = sorted(k for k, v in os.environ.items() if before.get(k) != v)\n"
+        "loaded = [m for m in ('jax', 'tensorflow', 'tensorflow_datasets') if m in sys.modules]\n"
+        "print(changed, loaded)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "TF_CPP_MIN_LOG_LEVEL")}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )  # fmt: skip
+    assert out.stdout.strip() == "[] []", out.stdout + out.stderr

@@ -9,7 +9,8 @@ import jax
 import pytest
 
 from robust_losses_jax import config as config_lib
-from robust_losses_jax import experiment
+from robust_losses_jax import experiment, noisy_data, protocols
+from robust_losses_jax.protocols.base import loss_hparams, run_keys, run_protocol
 from robust_losses_jax.training.engines import ProgramCache
 
 PHASES = {"setup", "train", "test", "records", "checkpoint"}
@@ -22,7 +23,7 @@ def digits_fit_run(workdir, cache=None, **overrides):
         **{"dataset": "sklearn_digits", "model": "mlp", "batch_size": 64,
            "eval_batch_size": 256, "train_size": 600, "epochs": 2, **overrides},
     )  # fmt: skip
-    data = experiment.noisy_training_data(cfg, None)
+    data = noisy_data.noisy_training_data(cfg, None)
     fit_run = experiment._fit_run(
         cfg, data, workdir, resume=False, progress=False, devices=jax.local_devices(),
         log=lambda _: None, cache=cache,
@@ -35,10 +36,8 @@ def run_on_digits(workdir, **overrides) -> None:
     ``fit_kwargs`` passed to every :func:`training.loop.fit`."""
     fit_kwargs = overrides.pop("fit_kwargs", {})
     cfg, data, fit_run = digits_fit_run(workdir, **overrides)
-    protocol = experiment.protocol_for(cfg, data, workdir, jax.random.key(cfg.seed), lambda _: None)
-    experiment.run_protocol(
-        cfg, data, functools.partial(fit_run, **fit_kwargs), protocol, lambda _: None
-    )
+    protocol = protocols.protocol_for(cfg, data, workdir, jax.random.key(cfg.seed), lambda _: None)
+    run_protocol(cfg, data, functools.partial(fit_run, **fit_kwargs), protocol, lambda _: None)
 
 
 @pytest.mark.parametrize(
@@ -95,18 +94,18 @@ def test_held_out_outputs_are_each_members_own_rows_from_one_evaluation(tmp_path
 
     cfg, data, fit_run = digits_fit_run(tmp_path, epochs=1, detector="cl", folds=2)
     rng = np.random.default_rng(0)
-    given = data["given_label"]
+    given = data.given_label
     members = [
         stacking.Member(
             labels=(given + shift) % 10,  # Each member scores p_t against its own labels.
             rows=np.sort(rng.choice(600, size=size, replace=False)),
-            keys=experiment._run_keys(jax.random.key(0), m),
-            hparams=experiment._loss_hparams(cfg),
+            keys=run_keys(jax.random.key(0), m),
+            hparams=loss_hparams(cfg),
             tag=f"m{m}",
         )
         for m, (shift, size) in enumerate([(0, 320), (1, 330), (0, 340)])
     ]
-    fitted = fit_run(data["images"], members, tag="stack", num_classes=10)
+    fitted = fit_run(data.images, members, tag="stack", num_classes=10)
     everywhere = fitted.training_outputs()
     held_out = fitted.held_out_outputs()
     for m, member in enumerate(members):

@@ -1,4 +1,5 @@
-"""Tests for robust_losses_jax.train: real training steps, devices, parallel modes, guards."""
+"""Tests for robust_losses_jax.training.step and .parallel: real training steps, devices, parallel
+modes, guards."""
 
 import functools
 

@@ -1,0 +1,140 @@
+"""``cl``: K-fold out-of-sample probabilities, then Confident Learning.
+
+Each fold's rows are predicted by a fresh model trained on the other folds (no fold leaks into
+its own model); the out-of-sample probabilities, in canonical order, go to
+:func:`detection.confident_learning`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from robust_losses_jax import config as config_lib
+from robust_losses_jax import detection, metrics
+from robust_losses_jax.noisy_data import NoisyData
+from robust_losses_jax.protocols.base import (
+    OUT_OF_SAMPLE,
+    Protocol,
+    by_stack,
+    loss_hparams,
+    predictions,
+    run_keys,
+    run_protocol,
+)
+from robust_losses_jax.records import atomic_write, barrier
+from robust_losses_jax.training.loop import Fitted
+from robust_losses_jax.training.stacking import Member
+
+
+def fold_assignment(key: jax.Array, num_examples: int, folds: int) -> np.ndarray:
+    """``[N]`` int: the fold (0..folds-1) of each example, near-equal sizes, from ``key`` only."""
+    order = np.asarray(jax.random.permutation(key, num_examples))
+    fold_of = np.empty(num_examples, np.int32)
+    fold_of[order] = np.arange(num_examples) % folds
+    return fold_of
+
+
+def cross_validation_folds(base_key: jax.Array, num_examples: int, folds: int) -> np.ndarray:
+    """``[N]``: the fold of each example in the K-fold protocol of a run whose key is ``base_key``
+    (``jax.random.key(seed)``); what :func:`cross_validated` uses, for references to reuse."""
+    return fold_assignment(jax.random.fold_in(base_key, 4), num_examples, folds)
+
+
+def cross_validated_protocol(
+    cfg: config_lib.Config, data: NoisyData, workdir: Path, base_key: jax.Array,
+    log: Callable[[str], None],
+) -> Protocol:  # fmt: skip
+    """K-fold out-of-sample outputs: each fold's rows from a fresh model trained on the others.
+
+    Each fold's outputs are saved to ``fold{k}.npz``, so a resumed run does not train a finished
+    fold again. Each fold's model evaluates only its fold's rows; when the K models are one stack
+    of their own, together, the outputs put in canonical order on the devices.
+    """
+    given = data.given_label
+    num_train = len(data)
+    fold_of = cross_validation_folds(base_key, num_train, cfg.folds)
+    paths = [workdir / f"fold{k}.npz" for k in range(cfg.folds)]
+    missing = [k for k, path in enumerate(paths) if not path.exists()]
+    for k in sorted(set(range(cfg.folds)) - set(missing)):
+        log(f"fold {k}: outputs found in {paths[k]}, not re-trained")
+    members = [
+        Member(
+            labels=given,
+            rows=np.flatnonzero(fold_of != k),
+            keys=run_keys(base_key, k),
+            hparams=loss_hparams(cfg),
+            tag=f"fold{k}",
+        )
+        for k in missing
+    ]
+
+    def fold_outputs(fitted: Fitted, position: dict[int, int]) -> dict[int, dict]:
+        """``{fold: outputs on its rows}`` of this run's members in one stack (by fold)."""
+        if len(position) == 1 and len(fitted.test_accuracy) == 1:  # A lone model: its fold.
+            ((k, _),) = position.items()
+            held_out = fold_of == k
+            out = fitted.outputs(data.images[held_out], given[None, held_out])
+            return {k: {name: v[0] for name, v in out.items()}}
+        if len(position) == len(fitted.test_accuracy):  # The stack is this run's folds.
+            member_of_row = np.full(num_train, -1, np.int32)  # Finished folds: no member.
+            for k, i in position.items():
+                member_of_row[fold_of == k] = i
+            labels = np.broadcast_to(given, (len(position), num_train))
+            out = fitted.outputs(data.images, labels, member_of_row)
+            return {k: {n: v[fold_of == k] for n, v in out.items()} for k in position}
+        # Other runs' models in the stack too (a sweep): every member of the stack on its own
+        # held-out rows, in one evaluation shared by the runs.
+        held_out = fitted.held_out_outputs()
+        return {k: held_out[i] for k, i in position.items()}
+
+    def finish(trained):
+        for fitted, member_position in by_stack(trained):
+            position = {missing[j]: i for j, i in member_position.items()}  # By fold.
+            for k, out in fold_outputs(fitted, position).items():
+                out = {n: out[n] for n in OUT_OF_SAMPLE}
+                out["test_accuracy"] = np.float64(fitted.test_accuracy[position[k]])
+                atomic_write(paths[k], lambda f, o=out: np.savez(f, **o), mode="wb")
+        barrier("folds written")
+        parts: dict[str, np.ndarray] = {}
+        test_accuracies = []
+        for k, path in enumerate(paths):
+            held_out = fold_of == k
+            with np.load(path) as saved:
+                test_accuracies.append(float(saved["test_accuracy"]))
+                for name in OUT_OF_SAMPLE:
+                    if name not in parts:
+                        shape = (num_train, *saved[name].shape[1:])
+                        parts[name] = np.zeros(shape, saved[name].dtype)
+                    parts[name][held_out] = saved[name]  # Back in canonical order.
+        out = predictions(parts, data)
+        out["fold"] = fold_of
+        is_flagged, score = detection.confident_learning(
+            given, parts["probs"], filter_by=cfg.cl_filter_by
+        )
+        out["is_flagged_cl"] = is_flagged
+        out["cl_score"] = score  # Self-confidence: 1 - out-of-sample p_t.
+        extra = {
+            "confident_learning": {
+                **metrics.detection_metrics(data.is_corrupted, is_flagged),
+                "filter_by": cfg.cl_filter_by,
+            },
+            "test_accuracy_per_fold": test_accuracies,
+            "test_accuracy": float(np.mean(test_accuracies)),
+        }
+        return out, extra
+
+    return Protocol(members, {"num_classes": data.num_classes}, finish, stack_tag="folds")
+
+
+def cross_validated(
+    cfg: config_lib.Config, data: NoisyData, fit_run: Callable[..., Fitted], workdir: Path,
+    base_key: jax.Array, log: Callable[[str], None],
+) -> tuple[dict, dict]:  # fmt: skip
+    """:func:`cross_validated_protocol`, trained: the K models in one stack unless
+    ``cfg.sequential``. Returns ``(predictions, extra)``."""
+    protocol = cross_validated_protocol(cfg, data, workdir, base_key, log)
+    return run_protocol(cfg, data, fit_run, protocol, log)
