@@ -172,7 +172,6 @@ def parse_noise(text: str) -> list[tuple[str, float]]:
 def grid(args: argparse.Namespace) -> list[Cell]:
     """The cells, with ``delay`` values that resolve to the same delay for a loss merged."""
     from robust_losses_jax import config as config_lib
-    from robust_losses_jax import losses as losses_lib
 
     cells, seen = [], set()
     for (loss, hparams), delay, (kind, rate), protocol, seed in itertools.product(
@@ -187,9 +186,7 @@ def grid(args: argparse.Namespace) -> list[Cell]:
                 int(delay)
             except ValueError:
                 raise ValueError(f"delay {delay!r} must be 'default' or an int") from None
-        robust = losses_lib.canonical_name(loss) in config_lib.DELAYED_BY_DEFAULT
-        default_delay = config_lib.DEFAULT_DELAY_EPOCHS if robust else 0
-        resolved = default_delay if delay == "default" else int(delay)
+        resolved = config_lib.resolved_delay(loss, None if delay == "default" else int(delay))
         key = (loss, tuple(sorted(hparams.items())), resolved, kind, rate, protocol, seed)
         if key in seen:
             continue

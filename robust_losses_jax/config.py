@@ -68,6 +68,15 @@ def flag(default: Any, group: str | None, help: str | Callable[[], str], **more:
     return dataclasses.field(default=default, metadata={"group": group, "help": help, **more})
 
 
+def resolved_delay(loss: str, delay_epochs: int | None) -> int:
+    """Epochs of cross-entropy before ``loss``: ``delay_epochs``, or when None the default
+    (:data:`DEFAULT_DELAY_EPOCHS` for the losses in :data:`DELAYED_BY_DEFAULT`, else 0)."""
+    if delay_epochs is not None:
+        return delay_epochs
+    robust = losses.canonical_name(loss) in DELAYED_BY_DEFAULT
+    return DEFAULT_DELAY_EPOCHS if robust else 0
+
+
 def _from(module: str, name: str) -> Callable[[], Any]:
     """``robust_losses_jax.<module>.<name>`` (called if a function), looked up when asked for."""
 
@@ -261,10 +270,7 @@ class Config:
 
     @property
     def resolved_delay_epochs(self) -> int:
-        if self.delay_epochs is not None:
-            return self.delay_epochs
-        robust = losses.canonical_name(self.loss) in DELAYED_BY_DEFAULT
-        return DEFAULT_DELAY_EPOCHS if robust else 0
+        return resolved_delay(self.loss, self.delay_epochs)
 
     def to_json(self) -> dict[str, Any]:
         """The config with defaults resolved, as written to ``config.json``."""

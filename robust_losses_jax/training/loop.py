@@ -225,14 +225,9 @@ def fit(
             cfg, images, members[0], mesh, settings, mean, std, progress=progress
         )
     member_labels = np.stack([m.labels for m in members])
-
-    def test_accuracy(states) -> np.ndarray:
-        if not len(test_labels):  # A dataset without a test split: undefined (null in JSON).
-            return np.full(len(members), np.nan)
-        labels = np.broadcast_to(test_labels, (len(members), len(test_labels)))
-        logits = engine.outputs(states, hparams, test_images, labels)["logits"]
-        return np.mean(logits[..., :real_classes].argmax(-1) == test_labels[None], axis=1)
-
+    test_accuracy = functools.partial(
+        _test_accuracy, engine, images=test_images, labels=test_labels, real_classes=real_classes
+    )
     checkpointer = Checkpointer(
         workdir / f"checkpoints{'_' + tag if tag else ''}", every=cfg.checkpoint_every,
         min_interval=cfg.checkpoint_min_interval,
@@ -266,18 +261,13 @@ def fit(
         lap("train")
         chosen = None
         if cfg.auto_tau and epoch + 1 == cfg.resolved_delay_epochs:
-            # Each member's tau from its own in-sample probabilities at the end of the delay.
-            probs = engine.outputs(states, hparams, images, member_labels)["probs"]
-            chosen = [
-                detection.auto_threshold(member.labels[member.rows], member_probs[member.rows])
-                for member, member_probs in zip(members, probs, strict=True)
-            ]
+            chosen = _choose_auto_tau(engine, states, hparams, images, members)
             hparams = {**hparams, "tau": jnp.asarray([t for t, _ in chosen], jnp.float32)}
             recorder.write_auto_tau(chosen)
         last = epoch + 1 == cfg.epochs
         evaluated = last or (epoch + 1) % cfg.eval_every == 0
         if evaluated:
-            accuracies = test_accuracy(states)
+            accuracies = test_accuracy(states, hparams)
             lap("test")
         # Tracking evaluates every training row: it follows --eval-every like the test set.
         tracked = None
@@ -301,7 +291,7 @@ def fit(
     aum_sum, aum_count = recorder.finish(aum_from_epoch)
     lap("records")
     if accuracies is None:  # Resumed with every epoch done.
-        accuracies = test_accuracy(states)
+        accuracies = test_accuracy(states, hparams)
     outputs = functools.partial(engine.outputs, states, hparams)
     return Fitted(
         states=states,
@@ -317,6 +307,35 @@ def fit(
             lambda: _held_out_outputs(outputs, images, member_labels, members)
         ),
     )
+
+
+def _test_accuracy(
+    engine: Any, states: Any, hparams: dict[str, jax.Array], *, images: np.ndarray,
+    labels: np.ndarray, real_classes: int,
+) -> np.ndarray:  # fmt: skip
+    """Each member's accuracy on the test split, ``[M]``: the argmax over the first
+    ``real_classes`` logits; NaN without a test split (undefined: null in JSON)."""
+    num_members = jax.tree.leaves(states)[0].shape[0]
+    if not len(labels):
+        return np.full(num_members, np.nan)
+    logits = engine.outputs(
+        states, hparams, images, np.broadcast_to(labels, (num_members, len(labels)))
+    )["logits"]
+    return np.mean(logits[..., :real_classes].argmax(-1) == labels[None], axis=1)
+
+
+def _choose_auto_tau(
+    engine: Any, states: Any, hparams: dict[str, jax.Array], images: np.ndarray,
+    members: list[Member],
+) -> list[tuple[float, float]]:  # fmt: skip
+    """``--tau=auto``: each member's ``(tau, estimated noise rate)`` from its own in-sample
+    probabilities on its training rows (:func:`detection.auto_threshold`)."""
+    labels = np.stack([m.labels for m in members])
+    probs = engine.outputs(states, hparams, images, labels)["probs"]
+    return [
+        detection.auto_threshold(member.labels[member.rows], member_probs[member.rows])
+        for member, member_probs in zip(members, probs, strict=True)
+    ]
 
 
 def _check_finite(
