@@ -28,15 +28,11 @@ import argparse
 import resource
 import time
 
-from robust_losses_jax import xla_setup
+import jax
+import numpy as np
 
-xla_setup.configure_cpu()
-
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-
-from robust_losses_jax import audit, corruption, input_pipeline, metrics  # noqa: E402
-from robust_losses_jax.protocols import cross_validation  # noqa: E402
+from robust_losses_jax import audit, corruption, input_pipeline, metrics, xla_setup
+from robust_losses_jax.protocols import cross_validation
 
 
 def planted(num_train: int, noise_rate: float, seed: int, npz: str | None = None):
@@ -90,6 +86,7 @@ def torch_audit(cfg, images, labels) -> tuple[float, np.ndarray, str] | None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    xla_setup.configure_cpu()  # Before JAX starts its backends.
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--train-size", type=int, default=None, help="0: all 60,000")

@@ -37,27 +37,22 @@ Ends with ``ratio <name>: <x.xx>`` (greater than 1: the first-named is faster).
 from __future__ import annotations
 
 import argparse
+import functools
 import shutil
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from robust_losses_jax import xla_setup
+import jax
+import numpy as np
 
-xla_setup.configure_cpu()
-
-import functools  # noqa: E402
-
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-
-from robust_losses_jax import config as config_lib  # noqa: E402
-from robust_losses_jax import corruption, detection, input_pipeline, metrics  # noqa: E402
-from robust_losses_jax.noisy_data import NoisyData  # noqa: E402
-from robust_losses_jax.protocols import cross_validation  # noqa: E402
-from robust_losses_jax.training import loop  # noqa: E402
-from robust_losses_jax.training.engines import ProgramCache  # noqa: E402
+from robust_losses_jax import config as config_lib
+from robust_losses_jax import corruption, detection, input_pipeline, metrics, xla_setup
+from robust_losses_jax.noisy_data import NoisyData
+from robust_losses_jax.protocols import cross_validation
+from robust_losses_jax.training import loop
+from robust_losses_jax.training.engines import ProgramCache
 
 
 def load_data(num_train: int, num_test: int, npz: str | None):
@@ -134,6 +129,7 @@ def torch_protocol(cfg, data) -> tuple[float, dict] | None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    xla_setup.configure_cpu()  # Before JAX starts its backends.
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--train-size", type=int, default=None)

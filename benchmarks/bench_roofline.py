@@ -29,16 +29,13 @@ import argparse
 import statistics
 import time
 
+import jax
+import jax.numpy as jnp
+
+from benchmarks import bench_train
 from robust_losses_jax import xla_setup
-
-xla_setup.configure_cpu()
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-
-from benchmarks import bench_train  # noqa: E402
-from robust_losses_jax.models import layers  # noqa: E402
-from robust_losses_jax.training import parallel  # noqa: E402
+from robust_losses_jax.models import layers
+from robust_losses_jax.training import parallel
 
 BATCH = 128
 
@@ -99,6 +96,7 @@ def step_flops(batch: int = BATCH) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
+    xla_setup.configure_cpu()  # Before JAX starts its backends.
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="3 repeats")
     parser.add_argument("--repeats", type=int, default=None)

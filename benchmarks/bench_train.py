@@ -30,17 +30,13 @@ import functools
 import statistics
 import time
 
-from robust_losses_jax import xla_setup
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-xla_setup.configure_cpu()
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from robust_losses_jax import input_pipeline, models  # noqa: E402
-from robust_losses_jax.training import parallel, programs, stacking  # noqa: E402
-from robust_losses_jax.training import step as step_lib  # noqa: E402
+from robust_losses_jax import input_pipeline, models, xla_setup
+from robust_losses_jax.training import parallel, programs, stacking
+from robust_losses_jax.training import step as step_lib
 
 CASES = {"small_cnn": (28, 1), "resnet18": (32, 3)}
 # Dense bf16 peak of the chips this was run on (TFLOP/s), for the fraction-of-peak column.
@@ -189,6 +185,7 @@ def time_torch(model_name, *, batch, steps, repeats, image_size, channels):
 
 
 def main(argv: list[str] | None = None) -> None:
+    xla_setup.configure_cpu()  # Before JAX starts its backends.
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, under two minutes")
     parser.add_argument("--models", default="small_cnn,resnet18")
