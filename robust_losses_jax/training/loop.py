@@ -261,7 +261,7 @@ def fit(
         lap("train")
         chosen = None
         if cfg.auto_tau and epoch + 1 == cfg.resolved_delay_epochs:
-            chosen = _choose_auto_tau(engine, states, hparams, images, members)
+            chosen = _choose_auto_tau(engine, states, hparams, images, member_labels, members)
             hparams = {**hparams, "tau": jnp.asarray([t for t, _ in chosen], jnp.float32)}
             recorder.write_auto_tau(chosen)
         last = epoch + 1 == cfg.epochs
@@ -326,11 +326,11 @@ def _test_accuracy(
 
 def _choose_auto_tau(
     engine: Any, states: Any, hparams: dict[str, jax.Array], images: np.ndarray,
-    members: list[Member],
+    labels: np.ndarray, members: list[Member],
 ) -> list[tuple[float, float]]:  # fmt: skip
     """``--tau=auto``: each member's ``(tau, estimated noise rate)`` from its own in-sample
-    probabilities on its training rows (:func:`detection.auto_threshold`)."""
-    labels = np.stack([m.labels for m in members])
+    probabilities on its training rows (:func:`detection.auto_threshold`); ``labels``: the
+    members' labels, stacked ``[M, N]``."""
     probs = engine.outputs(states, hparams, images, labels)["probs"]
     return [
         detection.auto_threshold(member.labels[member.rows], member_probs[member.rows])
