@@ -36,7 +36,6 @@ QUIET_ENVIRONMENT = {
     # announce them (nor print absl's "All log messages before absl::InitializeLog()" first).
     "TF_ENABLE_ONEDNN_OPTS": "0",
 }
-_quiet = False
 
 
 # --------------------------------------------------------------------------------------------------
@@ -56,12 +55,8 @@ def quiet_startup(argv: Sequence[str]) -> bool:
     Entry points call it first: TensorFlow and XLA read the environment once, when they start.
     The training progress bar and the summary line are the entry points' own and stay.
     """
-    global _quiet
     if wants_verbose(argv):
         return False
-    if _quiet:
-        return True
-    _quiet = True
     for name, value in QUIET_ENVIRONMENT.items():
         os.environ.setdefault(name, value)
     from absl import logging as absl_logging
@@ -69,8 +64,12 @@ def quiet_startup(argv: Sequence[str]) -> bool:
     # tfds's Python warnings, e.g. "Variant folder ... has no dataset_info.json" (a dataset
     # about to be prepared).
     absl_logging.set_verbosity(absl_logging.ERROR)
-    after_import("tensorflow_datasets", lambda tfds: tfds.disable_progress_bar())
+    after_import("tensorflow_datasets", _disable_progress_bar)
     return True
+
+
+def _disable_progress_bar(tfds: types.ModuleType) -> None:
+    tfds.disable_progress_bar()
 
 
 def prepare_process(argv: Sequence[str]) -> None:
@@ -119,7 +118,10 @@ def after_import(name: str, callback: Callable[[types.ModuleType], None]) -> Non
     """
     if name in sys.modules:
         callback(sys.modules[name])
-    else:
+    elif not any(
+        isinstance(finder, _AfterImport) and (finder.name, finder.callback) == (name, callback)
+        for finder in sys.meta_path
+    ):  # Asked twice before the import: one call is enough.
         sys.meta_path.insert(0, _AfterImport(name, callback))
 
 

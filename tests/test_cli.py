@@ -338,6 +338,25 @@ def test_after_import_calls_back_once_the_module_has_run(tmp_path, monkeypatch):
     monkeypatch.delitem(sys.modules, "cli_probe_module")
 
 
+def test_after_import_asked_twice_calls_back_once(tmp_path, monkeypatch):
+    """Each entry point's start-up asks for the same callback; a second ask must not stack a
+    second finder (nor a second call)."""
+    (tmp_path / "cli_probe_twice.py").write_text("VALUE = 7\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    seen = []
+
+    def record(module):
+        seen.append(module.VALUE)
+
+    cli.after_import("cli_probe_twice", record)
+    cli.after_import("cli_probe_twice", record)
+    assert sum(getattr(f, "name", None) == "cli_probe_twice" for f in sys.meta_path) == 1
+    import cli_probe_twice  # noqa: F401
+
+    assert seen == [7]
+    monkeypatch.delitem(sys.modules, "cli_probe_twice")
+
+
 def run_subprocess(*args, timeout=300):
     """``python -m ...args`` with the environment the quiet start-up would set left out."""
     env = {k: v for k, v in os.environ.items() if k not in cli.QUIET_ENVIRONMENT}

@@ -166,7 +166,8 @@ class DeviceEngine:
         return jax.device_get(self.held_out_fn(states, on_devices, labels, hparams, rows))
 
 
-def _tqdm(iterable: Iterable, enabled: bool, **kwargs) -> Iterable:
+def progress_bar(iterable: Iterable, enabled: bool, **kwargs) -> Iterable:
+    """``iterable`` under a tqdm bar (``kwargs`` are tqdm's), or as it is when not ``enabled``."""
     if not enabled:
         return iterable
     from tqdm.auto import tqdm
@@ -227,7 +228,7 @@ class StreamingEngine:
         )
         step_metrics = []
         desc = f"{member.tag + ' ' if member.tag else ''}epoch {epoch + 1}/{cfg.epochs}"
-        for batch in _tqdm(
+        for batch in progress_bar(
             input_pipeline.prefetch_to_devices(batches, self.sharding),
             self.progress, total=self.steps_per_epoch, desc=desc, leave=False,
         ):  # fmt: skip

@@ -30,8 +30,8 @@ from robust_losses_jax.training.engines import (
     DeviceEngine,
     ProgramCache,
     StreamingEngine,
-    _tqdm,
     device_programs,
+    progress_bar,
     uses_device_data,
 )
 from robust_losses_jax.training.recorder import Recorder
@@ -253,7 +253,7 @@ def fit(
     checkpointer.start_clock()
     desc = f"{tag or 'training'} ({len(members)} model{'s' if len(members) > 1 else ''})"
     accuracies, tracked = None, None  # The last epoch's, for the final model.
-    for epoch in _tqdm(range(start_epoch, cfg.epochs), progress and on_device, desc=desc,
+    for epoch in progress_bar(range(start_epoch, cfg.epochs), progress and on_device, desc=desc,
                        leave=False):  # fmt: skip
         started = time.perf_counter()
         states, epoch_metrics = engine.run_epoch(states, hparams, epoch)
