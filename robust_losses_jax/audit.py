@@ -56,7 +56,8 @@ class LabelIssues:
         self-confidence); lower = more likely mislabelled.
       margin: float ``[N]``: the given label's logit (or log-probability) minus the best other
         class's; breaks ties of ``label_quality``.
-      is_label_issue: bool ``[N]``, Confident Learning's flag.
+      is_label_issue: bool ``[N]``, Confident Learning's flag (from a run: its protocol's own,
+        AUM's, or the prediction differing from the given label for the in-sample ``pt``).
       ranking: int ``[N]``, example indices, most suspect first.
       pred_probs: float ``[N, C]``, the (out-of-sample) probabilities ranked.
       noise_rate_per_class: float ``[C]``: estimated fraction of each given class that is
@@ -204,7 +205,8 @@ def find_label_issues(
 
     Returns:
       :class:`LabelIssues`, ranked on the out-of-sample probabilities (``config.detector="cl"``)
-      or the in-sample ones (``"pt"``, which see their own labels: weaker).
+      or on one model's in-sample ones (``"pt"``: flagged where it predicts another class; with
+      a robust loss it flagged better than K folds, docs/results/README.md).
     """
     from robust_losses_jax import experiment, input_pipeline
 
@@ -240,7 +242,11 @@ def find_label_issues(
 def issues_from_run(run_dir: Path, cfg: config_lib.Config, class_names: Sequence[str]):
     """:class:`LabelIssues` from a finished run's ``predictions.npz``."""
     with np.load(Path(run_dir) / "predictions.npz") as pred:
-        flags = pred["is_flagged_aum"] if cfg.detector == "aum" else None
+        flags = None  # Confident Learning's, on the K fold models' out-of-sample probabilities.
+        if cfg.detector == "aum":
+            flags = pred["is_flagged_aum"]
+        elif cfg.detector == "pt":  # The in-sample protocol's own: another class predicted.
+            flags = pred["pred"] != pred["given_label"]
         return rank_label_issues(
             pred["given_label"], pred["probs"], filter_by=cfg.cl_filter_by,
             margin=pred["margin"], is_label_issue=flags, class_names=class_names,

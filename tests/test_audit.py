@@ -128,6 +128,22 @@ def test_find_label_issues_finds_planted_errors_end_to_end():
     assert 0.03 < issues.estimated_noise_rate < 0.08  # 5% planted.
 
 
+def test_in_sample_audit_flags_where_its_model_predicts_another_class():
+    """``detector="pt"``: one model with a robust loss; its flags are the in-sample protocol's
+    own (the prediction differs from the given label), not Confident Learning's."""
+    split, labels, flipped = _digits_with_planted_errors()
+    cfg = audit.audit_config(dataset="digits", model="mlp", epochs=10, batch_size=64,
+                             eval_batch_size=256, detector="pt", loss="gce",
+                             loss_hparams={})  # fmt: skip
+    issues = audit.find_label_issues(split.images, labels, config=cfg)
+    np.testing.assert_array_equal(issues.is_label_issue,
+                                  issues.suggested_label != issues.given_label)  # fmt: skip
+    truth = np.zeros(len(labels), bool)
+    truth[flipped] = True
+    assert issues.is_label_issue[truth].mean() > 0.8  # Recall of the planted errors.
+    assert truth[issues.top(75)].sum() >= 60
+
+
 def test_find_label_issues_refuses_bad_arrays():
     images = np.zeros((12, 4, 4), np.uint8)
     with pytest.raises(ValueError, match=r"labels must be integers"):
