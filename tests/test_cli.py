@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 import robust_losses_jax
-from experiments import cli, find_errors, run, sweep
 from robust_losses_jax import config as config_lib
+from robust_losses_jax.commands import cli, find_errors, main, run, sweep
 
 FLAG_FIELDS = {field.name: field for field in cli.flag_fields()}
 GROUPS = (*config_lib.FLAG_GROUPS, "multi-host")
@@ -366,19 +366,47 @@ def run_subprocess(*args, timeout=300):
 
 
 @pytest.mark.parametrize(
-    "module", ["experiments.run", "experiments.sweep", "experiments.find_errors"]
+    "command",
+    [
+        ["robust_losses_jax", "run"],
+        ["robust_losses_jax", "sweep"],
+        ["robust_losses_jax", "find-errors"],
+        ["robust_losses_jax", "report"],
+        ["robust_losses_jax", "evidence"],
+        ["experiments.run"],  # The checkout's entry points.
+        ["experiments.find_errors"],
+    ],
 )
-def test_help_is_quiet(module):
-    done = run_subprocess(module, "--help", timeout=120)
+@pytest.mark.slow
+def test_help_is_quiet(command):
+    done = run_subprocess(*command, "--help", timeout=120)
     assert done.returncode == 0 and "usage:" in done.stdout
     assert done.stderr == ""
 
 
+def test_the_command_lists_its_subcommands_and_refuses_unknown_ones():
+    done = run_subprocess("robust_losses_jax", "--help")
+    assert done.returncode == 0
+    for name in main.SUBCOMMANDS:
+        assert f"  {name} " in done.stdout
+    done = run_subprocess("robust_losses_jax", "train")
+    assert done.returncode == 2
+    assert (
+        done.stderr
+        == "error: unknown subcommand 'train'; one of: " + ", ".join(main.SUBCOMMANDS) + "\n"
+    )
+    assert run_subprocess("robust_losses_jax").returncode == 2  # No subcommand: usage, exit 2.
+    done = run_subprocess("robust_losses_jax", "--version")
+    assert done.returncode == 0 and done.stdout.startswith("robust_losses_jax ")
+
+
+@pytest.mark.slow
 def test_a_run_preparing_its_dataset_is_quiet_unless_verbose(tmp_path):
     """A tiny run in a fresh tfds data directory (so tfds prepares the dataset): stderr holds the
     training progress bar only; stdout ends with the summary. --verbose brings the noise back."""
     flags = [
-        "experiments.run",
+        "robust_losses_jax",
+        "run",
         "--dataset=sklearn_digits",
         "--model=mlp",
         "--epochs=1",
@@ -403,10 +431,12 @@ def test_a_run_preparing_its_dataset_is_quiet_unless_verbose(tmp_path):
 
 
 def test_importing_the_entry_points_changes_nothing():
-    """run, sweep and find_errors set XLA's flags and quiet the logs in main(), not on import:
-    importing them leaves the environment alone and starts neither JAX nor TensorFlow."""
+    """The command, run, sweep and find_errors set XLA's flags and quiet the logs in main(), not
+    on import: importing them leaves the environment alone and starts neither JAX nor TensorFlow."""
     code = (
         "import os, sys; before = dict(os.environ)\n"
+        "import robust_losses_jax.commands.main, robust_losses_jax.commands.run\n"
+        "import robust_losses_jax.commands.sweep, robust_losses_jax.commands.find_errors\n"
         "import experiments.run, experiments.sweep, experiments.find_errors\n"
         "changed = sorted(k for k, v in os.environ.items() if before.get(k) != v)\n"
         "loaded = [m for m in ('jax', 'tensorflow', 'tensorflow_datasets') if m in sys.modules]\n"

@@ -1,0 +1,242 @@
+"""What a sweep says: the verdict table and the evidence plots, from a sweep's workdir.
+
+    robust-losses evidence workdir/sweep          # writes verdict.md and plots/
+
+For each noise setting, protocol and detector, the verdict compares every loss's final
+detection F1 (mean over seeds) with cross-entropy's:
+
+- *beats CE final*: its mean exceeds cross-entropy's final mean by more than twice the seed
+  spread (the larger of the two standard deviations over seeds, as ``results.md`` shows them);
+- *beats CE best epoch*: the same against cross-entropy's best epoch (the highest in-sample
+  ``argmax != given`` F1 over its epochs, per seed: picking that epoch needs clean labels, so
+  it is a bound no user can reach). Only for the in-sample protocol, whose epochs are tracked;
+- *loses*: below cross-entropy's final mean by more than twice the spread.
+
+A cell needs at least two seeds on each side for a verdict. Plots: detection F1 per epoch with
+seed bands (min-max over seeds around the mean), a heatmap of F1 (loss x noise) per detector,
+and F1 against gamma and tau (``report.f1_against``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from robust_losses_jax import records
+from robust_losses_jax.commands import cli, report
+
+CE = ("ce", "cross_entropy")
+MIN_SEEDS = 2
+
+
+def loss_label(loss: str, hparams: str | dict) -> str:
+    """``power gamma=0.5``: the loss and the hyperparameters that set it apart."""
+    values = json.loads(hparams) if isinstance(hparams, str) else hparams
+    shown = {k: v for k, v in values.items() if not (loss == "power" and k == "tau" and v == 0)}
+    text = ",".join(f"{k}={v if isinstance(v, str) else format(v, 'g')}" for k, v in shown.items())
+    return f"{loss} {text}".strip()
+
+
+def noise_label(row: dict) -> str:
+    return f"{row['noise_kind']} {float(row['noise_rate']):g}"
+
+
+def read_rows(results: Path) -> list[dict]:
+    with open(results) as f:
+        return list(csv.DictReader(f))
+
+
+def ce_best_epoch(workdir: Path) -> dict[str, list[float]]:
+    """``{noise: [best in-sample F1 over the epochs, per seed]}`` of the cross-entropy pt runs."""
+    best: dict[str, list[float]] = defaultdict(list)
+    for summary in sorted(Path(workdir).glob("*/summary.json")):
+        run = summary.parent
+        config = json.loads((run / "config.json").read_text())
+        if config["loss"] not in CE or config.get("detector", "pt") != "pt":
+            continue
+        lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        f1 = [x["f1_argmax_neq_given"] for x in lines if x.get("f1_argmax_neq_given") is not None]
+        if f1:
+            best[noise_label(config)].append(max(f1))
+    return dict(best)
+
+
+def _stats(values: list[float]) -> tuple[float, float, int]:
+    return float(np.mean(values)), float(np.std(values)), len(values)
+
+
+def verdict(rows: list[dict], ce_best: dict[str, list[float]]) -> list[dict[str, Any]]:
+    """One entry per (noise, protocol, detector, loss other than CE) with the comparison.
+
+    ``rows``: ``results.csv`` rows (one per run and detector). Each entry: ``noise``,
+    ``protocol``, ``detector``, ``loss``, ``f1``/``std``/``seeds``, cross-entropy's final
+    (``ce_f1``, ``ce_std``) and best epoch (``ce_best``, ``ce_best_std``; None outside pt), and
+    ``beats_final``, ``beats_best``, ``loses``: True/False, or None without enough seeds.
+    """
+    groups: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        key = (noise_label(row), row["protocol"], row["detector"])
+        name = "ce" if row["loss"] in CE else loss_label(row["loss"], row["hparams"])
+        if row["f1"] not in ("", None):
+            groups[key][name].append(float(row["f1"]))
+    out = []
+    for (noise, protocol, detector), by_loss in sorted(groups.items()):
+        if "ce" not in by_loss:
+            continue
+        ce_f1, ce_std, ce_seeds = _stats(by_loss["ce"])
+        best = ce_best.get(noise) if protocol == "pt" else None
+        best_f1, best_std, best_seeds = _stats(best) if best else (None, None, 0)
+        for loss, values in sorted(by_loss.items()):
+            if loss == "ce":
+                continue
+            f1, std, seeds = _stats(values)
+            enough = seeds >= MIN_SEEDS and ce_seeds >= MIN_SEEDS
+            margin = 2 * max(std, ce_std)
+            entry = {
+                "noise": noise, "protocol": protocol, "detector": detector, "loss": loss,
+                "f1": f1, "std": std, "seeds": seeds, "ce_f1": ce_f1, "ce_std": ce_std,
+                "ce_best": best_f1, "ce_best_std": best_std,
+                "beats_final": (f1 - ce_f1 > margin) if enough else None,
+                "loses": (ce_f1 - f1 > margin) if enough else None,
+                "beats_best": None,
+            }  # fmt: skip
+            if best_f1 is not None and seeds >= MIN_SEEDS and best_seeds >= MIN_SEEDS:
+                entry["beats_best"] = f1 - best_f1 > 2 * max(std, best_std)
+            out.append(entry)
+    return out
+
+
+def verdict_markdown(entries: list[dict[str, Any]]) -> str:
+    """The short table: per noise, protocol and detector, who beats cross-entropy, who loses."""
+    lines = [
+        "| noise | protocol / detector | CE final F1 | CE best epoch F1 | beat CE final | "
+        "beat CE best epoch | lose to CE final |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for e in entries:
+        groups[(e["noise"], e["protocol"], e["detector"])].append(e)
+    for (noise, protocol, detector), group in sorted(groups.items()):
+        first = group[0]
+
+        def names(flag: str, group=group) -> str:
+            if all(e[flag] is None for e in group):
+                return "n/a"
+            hits = [f"{e['loss']} ({e['f1']:.3f} ± {e['std']:.3f})" for e in group if e[flag]]
+            return "; ".join(hits) if hits else "none"
+
+        best = (
+            "n/a"
+            if first["ce_best"] is None
+            else f"{first['ce_best']:.3f} ± {first['ce_best_std']:.3f}"
+        )
+        lines.append(
+            f"| {noise} | {protocol} / {detector} | {first['ce_f1']:.3f} ± {first['ce_std']:.3f} "
+            f"| {best} | {names('beats_final')} | {names('beats_best')} | {names('loses')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def f1_per_epoch_bands(workdir: Path, out: Path) -> Path | None:
+    """In-sample detection F1 per epoch: mean over seeds, min-max band; a panel per noise."""
+    curves: dict[str, dict[str, list[list[float]]]] = defaultdict(lambda: defaultdict(list))
+    for summary in sorted(Path(workdir).glob("*/summary.json")):
+        run = summary.parent
+        config = json.loads((run / "config.json").read_text())
+        if config.get("detector", "pt") != "pt":
+            continue
+        lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        f1 = [x.get("f1_argmax_neq_given") for x in lines if "run" not in x]
+        if f1 and all(v is not None for v in f1):
+            name = "ce" if config["loss"] in CE else loss_label(config["loss"],
+                                                                config["loss_hparams"])  # fmt: skip
+            if config.get("auto_tau"):
+                name = "cutoff tau=auto"
+            curves[noise_label(config)][name].append(f1)
+    if not curves:
+        return None
+    plt = report._pyplot()
+    noises = sorted(curves)
+    fig, axes = plt.subplots(1, len(noises), figsize=(5.2 * len(noises), 3.8), squeeze=False)
+    for ax, noise in zip(axes[0], noises, strict=True):
+        for name, runs in sorted(curves[noise].items()):
+            length = min(len(r) for r in runs)
+            values = np.array([r[:length] for r in runs])
+            epochs = np.arange(1, length + 1)
+            (line,) = ax.plot(epochs, values.mean(axis=0), label=f"{name} ({len(runs)} seeds)",
+                              ls="--" if name == "ce" else "-")  # fmt: skip
+            ax.fill_between(epochs, values.min(axis=0), values.max(axis=0), alpha=0.2,
+                            color=line.get_color())  # fmt: skip
+        ax.set_title(f"in-sample detection F1, {noise}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("F1 (argmax ≠ given)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    return report._save(fig, out / "f1_per_epoch_seed_bands.png")
+
+
+def f1_heatmaps(rows: list[dict], out: Path) -> list[Path]:
+    """One heatmap of mean F1 (loss x noise) per protocol and detector."""
+    cells: dict[tuple, dict[tuple, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        if row["f1"] in ("", None):
+            continue
+        name = "ce" if row["loss"] in CE else loss_label(row["loss"], row["hparams"])
+        cells[(row["protocol"], row["detector"])][(name, noise_label(row))].append(float(row["f1"]))
+    plt = report._pyplot()
+    written = []
+    for (protocol, detector), values in sorted(cells.items()):
+        losses = sorted({k[0] for k in values}, key=lambda n: (n != "ce", n))
+        noises = sorted({k[1] for k in values})
+        grid = np.full((len(losses), len(noises)), np.nan)
+        for (name, noise), f1 in values.items():
+            grid[losses.index(name), noises.index(noise)] = np.mean(f1)
+        fig, ax = plt.subplots(figsize=(1.6 * len(noises) + 2.5, 0.45 * len(losses) + 1.5))
+        image = ax.imshow(grid, cmap="viridis", vmin=np.nanmin(grid), vmax=np.nanmax(grid),
+                          aspect="auto")  # fmt: skip
+        ax.set_xticks(range(len(noises)), noises, fontsize=7)
+        ax.set_yticks(range(len(losses)), losses, fontsize=7)
+        for i in range(len(losses)):
+            for j in range(len(noises)):
+                if np.isfinite(grid[i, j]):
+                    ax.text(j, i, f"{grid[i, j]:.3f}", ha="center", va="center", fontsize=7,
+                            color="white")  # fmt: skip
+        ax.set_title(f"detection F1 (mean over seeds): {protocol} / {detector}", fontsize=8)
+        fig.colorbar(image, ax=ax)
+        fig.tight_layout()
+        written.append(report._save(fig, out / f"f1_heatmap_{protocol}_{detector}.png"))
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = cli.Parser(prog="robust-losses evidence", description=__doc__.splitlines()[0])
+    parser.add_argument("workdir", help="a sweep's workdir (holds results.csv)")
+    args = parser.parse_args(argv)
+    workdir = Path(args.workdir)
+    results = workdir / "results.csv"
+    if not results.exists():
+        print(f"error: {workdir} holds no results.csv (run robust-losses sweep)", file=sys.stderr)
+        return 2
+    rows = read_rows(results)
+    entries = verdict(rows, ce_best_epoch(workdir))
+    text = verdict_markdown(entries)
+    records.atomic_write(workdir / "verdict.md", lambda f: f.write(text))
+    records.write_json(workdir / "verdict.json", entries)
+    out = workdir / "plots"
+    out.mkdir(exist_ok=True)
+    written = [f1_per_epoch_bands(workdir, out), *f1_heatmaps(rows, out)]
+    written += [report.f1_against(results, out, "power", "gamma"),
+                report.f1_against(results, out, "cutoff", "tau")]  # fmt: skip
+    print(f"{workdir / 'verdict.md'}; {sum(p is not None for p in written)} plots in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,226 @@
+"""Find the label errors in your own dataset (K-fold training and Confident Learning).
+
+    robust-losses find-errors --dataset=npz:my_data.npz --workdir=workdir/audit
+    robust-losses find-errors --dataset=folder:path/to/class_folders --model=resnet18
+    robust-losses find-errors --dataset=fashion_mnist       # a tfds dataset's own labels
+    robust-losses find-errors --dataset=npz:my_data.npz --pred-probs=probs.npy
+
+It trains ``--folds`` fresh models (stacked: one compiled program trains them together), each
+without its fold, and ranks every example by its out-of-sample probability of the given label.
+The runner's flags all apply (``robust-losses run --help``); the defaults here differ:
+nothing injected (``--noise-rate=0``), every example (``--train-size=0``), ``--detector=cl``,
+``--loss=power --gamma=0.5`` (see ``robust_losses_jax.audit.AUDIT_DEFAULTS``); a ``--preset``
+overrides them, and the flags typed override both.
+
+Writes into ``--workdir``: ``label_issues.csv`` (one row per example, most suspect first),
+``pred_probs.npy`` (``[N, C]`` out-of-sample), ``label_issues.png`` (the top suspects),
+``summary.json``, and the run's own files (``config.json``, ``predictions.npz``, fold outputs,
+checkpoints: ``--resume`` continues a killed audit). Bad input: one ``error:`` line, exit code 2,
+nothing written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+from robust_losses_jax.commands import cli, run
+
+
+def build_parser() -> cli.ConfigParser:
+    """The runner's flags with the audit's defaults (``audit.AUDIT_DEFAULTS``; a ``--preset``
+    and the flags typed override them), and the audit's own."""
+    from robust_losses_jax import audit
+
+    parser = run.build_parser()
+    parser.prog = "robust-losses find-errors"
+    parser.description = __doc__.splitlines()[0]
+    defaults = {k: v for k, v in audit.AUDIT_DEFAULTS.items() if k != "loss_hparams"}
+    parser.set_defaults(**defaults, workdir="workdir/find_errors")
+    # build_config adds the hyperparameters when the loss is the audit's own.
+    for name, value in audit.AUDIT_DEFAULTS["loss_hparams"].items():
+        parser.flag(name).none = f"{value} with --loss={defaults['loss']}, else the loss's own"
+    cli.add_flag(
+        parser.groups["data"],
+        "--pred-probs",
+        default=None,
+        help="a .npy of out-of-sample probabilities [N, C] (rows in the dataset's order, each "
+        "summing to 1): rank them instead of training",
+        none="train the folds",
+    )
+    cli.add_flag(
+        parser.groups["output"],
+        "--top",
+        type=int,
+        default=48,
+        help="suspects shown in label_issues.png",
+    )
+    return parser
+
+
+def build_config(args):
+    """The runner's config from ``args``, with the audit's loss hyperparameters by default."""
+    from robust_losses_jax import audit
+
+    cfg = run.build_config(args)
+    if cfg.loss == audit.AUDIT_DEFAULTS["loss"] and not cfg.loss_hparams:
+        cfg = dataclasses.replace(cfg, loss_hparams=dict(audit.AUDIT_DEFAULTS["loss_hparams"]))
+    return cfg
+
+
+def load_pred_probs(path: str, num_examples: int, num_classes: int):
+    """``[N, C]`` probabilities from a ``.npy``; ``ValueError`` (one line) for a wrong file."""
+    import numpy as np
+
+    from robust_losses_jax import detection
+
+    try:
+        probs = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise ValueError(
+            f"--pred-probs={path}: cannot read it as a .npy array ({error})."
+        ) from None
+    if probs.shape != (num_examples, num_classes):
+        raise ValueError(
+            f"--pred-probs={path} has shape {list(probs.shape)}; the dataset needs "
+            f"[{num_examples}, {num_classes}] (one row per training example, one column per class)."
+        )
+    if not np.issubdtype(probs.dtype, np.floating) or not np.isfinite(probs).all():
+        raise ValueError(f"--pred-probs={path}: must be finite floats; got {probs.dtype}.")
+    sums = probs.sum(axis=1, dtype=np.float64)
+    bad = np.abs(sums - 1.0) > detection.ROW_SUM_ATOL
+    if bad.any() or probs.min() < 0:
+        i = int(np.flatnonzero(bad)[0]) if bad.any() else int(np.argwhere(probs < 0)[0][0])
+        raise ValueError(
+            f"--pred-probs={path}: row {i} sums to {sums[i]:.6g} (min {probs[i].min():.3g}); "
+            f"each row must be probabilities summing to 1 (within {detection.ROW_SUM_ATOL})."
+        )
+    return probs
+
+
+def audit_summary(issues, cfg, *, dataset: str, seconds: float, run_summary: dict | None) -> dict:
+    names = issues.class_names
+    return {
+        "dataset": dataset,
+        "examples": len(issues.given_label),
+        "flagged": issues.num_issues,
+        "estimated_noise_rate": issues.estimated_noise_rate,
+        "estimated_noise_rate_per_class": dict(
+            zip(names, issues.noise_rate_per_class.tolist(), strict=True)
+        ),
+        "flagged_per_class": {
+            names[k]: int(issues.is_label_issue[issues.given_label == k].sum())
+            for k in range(len(names))
+        },
+        "filter_by": cfg.cl_filter_by,
+        "settings": cfg.to_json() if run_summary is not None else {"pred_probs": True},
+        "test_accuracy": None if run_summary is None else run_summary["test_accuracy"],
+        "seconds": round(seconds, 1),
+        "run": run_summary,
+    }
+
+
+def load_inputs(args, workdir: Path):
+    """The audit's config, training and test splits, and the ``--pred-probs`` (None: train),
+    each checked before any work starts; ``ValueError`` (one line) for the first bad input."""
+    import jax
+
+    from robust_losses_jax import audit, experiment, input_pipeline, noisy_data, user_data
+    from robust_losses_jax import config as config_lib
+
+    if args.top < 1:
+        raise ValueError(f"--top {args.top} must be >= 1.")
+    cfg = build_config(args)
+    config_lib.validate(cfg, num_devices=jax.device_count())
+    if not user_data.is_user_dataset(cfg.dataset):  # Loading checks the user's own.
+        input_pipeline.check_dataset(cfg.dataset, args.data_dir)
+    train, test = noisy_data.load_splits(cfg, args.data_dir)
+    train = train.take(cfg.train_size and min(cfg.train_size, len(train)))
+    audit.check_training_split(train, where=f"--dataset={cfg.dataset}")
+    probs = None
+    if args.pred_probs:
+        probs = load_pred_probs(args.pred_probs, len(train), train.num_classes)
+        if (workdir / "summary.json").exists() and not args.overwrite:
+            raise ValueError(
+                f"workdir {workdir} already holds an audit; pass --overwrite to replace it."
+            )
+    else:
+        audit.check_folds(train, cfg)
+        experiment.check_workdir(cfg, workdir, resume=args.resume, overwrite=args.overwrite)
+    return cfg, train, test, probs
+
+
+def write_outputs(workdir: Path, cfg, images, issues, top: int) -> None:
+    """``label_issues.csv``, ``pred_probs.npy`` and the suspects' grid ``label_issues.png``."""
+    import numpy as np
+
+    from robust_losses_jax import audit, records
+    from robust_losses_jax.commands import report
+
+    records.atomic_write(workdir / "label_issues.csv", lambda f: f.write(audit.issues_csv(issues)))
+    records.atomic_write(
+        workdir / "pred_probs.npy", lambda f: np.save(f, issues.pred_probs), mode="wb"
+    )
+    report.label_issues_grid(
+        images, issues, workdir / "label_issues.png", top,
+        title=f"{cfg.dataset}: the {min(top, len(images))} most suspect labels "
+        f"(red: flagged by Confident Learning)",
+    )  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    cli.prepare_process(argv)
+    args = build_parser().parse_args(argv)
+    start = time.perf_counter()
+    from robust_losses_jax import audit, experiment, input_pipeline, records
+    from robust_losses_jax.training import checkpoints, loop
+
+    run.xla_setup.enable_compilation_cache(args.compilation_cache)
+    workdir = Path(args.workdir)
+    try:
+        cfg, train, test, probs = load_inputs(args, workdir)
+    except (ValueError, OSError, input_pipeline.DatasetUnavailableError) as error:
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
+    names = train.class_names
+    run_summary = None
+    if probs is not None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        issues = audit.rank_label_issues(
+            train.labels, probs, filter_by=cfg.cl_filter_by, class_names=names
+        )
+    else:
+        try:
+            run_summary = experiment.train_and_evaluate(
+                cfg, workdir, data_dir=args.data_dir, resume=args.resume,
+                overwrite=args.overwrite, progress=args.progress, log=lambda _: None,
+                splits=(train, test),
+            )  # fmt: skip
+        except (loop.NonFiniteError, checkpoints.CheckpointError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        issues = audit.issues_from_run(workdir, cfg, names)
+    if not records.is_writer():
+        return 0
+    write_outputs(workdir, cfg, train.images, issues, args.top)
+    seconds = time.perf_counter() - start
+    summary = audit_summary(
+        issues, cfg, dataset=cfg.dataset, seconds=seconds, run_summary=run_summary
+    )
+    records.write_json(workdir / "summary.json", summary)
+    test_text = (
+        "" if summary["test_accuracy"] is None else f"; test acc {summary['test_accuracy']:.4f}"
+    )
+    print(
+        f"{cfg.dataset}: {issues.num_issues} of {len(train)} labels flagged (estimated noise "
+        f"rate {issues.estimated_noise_rate:.1%}){test_text}; ranked in "
+        f"{workdir / 'label_issues.csv'} ({seconds:.0f} s)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
