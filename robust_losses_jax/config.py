@@ -27,7 +27,7 @@ DATA_PLACEMENTS = ("auto", "device", "stream")
 AUM_RULES = ("reference", "mean")
 
 
-# Groups of the command line's flags, in --help's order: experiments/cli.py gives every field
+# Groups of the command line's flags, in --help's order: commands/cli.py gives every field
 # declared with flag() a flag in its group.
 FLAG_GROUPS = ("data", "model", "loss", "training", "detection", "output")
 # Named settings (field -> value) that --preset=NAME applies; flags typed override them.
@@ -52,7 +52,7 @@ def preset_values(name: str | None) -> dict[str, Any]:
 
 def flag(default: Any, group: str | None, help: str | Callable[[], str], **more: Any) -> Any:
     """A field with a command-line flag: ``dataclasses.field`` with the metadata that the entry
-    points' parser is built from (``experiments.cli``).
+    points' parser is built from (``commands.cli``).
 
     Args:
       default: the field's default, and so the flag's.

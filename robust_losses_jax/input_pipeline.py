@@ -15,6 +15,7 @@ import collections
 import contextlib
 import dataclasses
 import fcntl
+import importlib.util
 import itertools
 import os
 from collections.abc import Iterable, Iterator
@@ -99,6 +100,18 @@ def _network_reachable(timeout: float = 3.0) -> bool:
     return True
 
 
+def require_tensorflow(name: str) -> None:
+    """Raise :class:`DatasetUnavailableError` (saying what to install) when TensorFlow is not
+    installed: tfds prepares and reads dataset ``name`` with it. The rest of the package,
+    ``npz:PATH`` and ``folder:PATH`` datasets included, never imports TensorFlow."""
+    if importlib.util.find_spec("tensorflow") is None:
+        raise DatasetUnavailableError(
+            f"Dataset {name!r} is read through tensorflow-datasets, which needs TensorFlow, and "
+            "none is installed: pip install 'robust_losses_jax[tf]' (or: pip install tensorflow). "
+            "npz:PATH, folder:PATH and --pred-probs need no TensorFlow."
+        )
+
+
 def load_builder(name: str, data_dir: str | None = None):
     """A prepared tfds builder for ``name``, preparing it first if needed.
 
@@ -111,8 +124,11 @@ def load_builder(name: str, data_dir: str | None = None):
 
     from robust_losses_jax import local_datasets
 
+    require_tensorflow(name)
     data_dir = data_dir or default_data_dir()
     local_cls = local_datasets.LOCAL_BUILDERS.get(name)
+    if name == "fashion_mnist" and not local_datasets.fashion_mnist_files_present():
+        local_cls = None  # No Debian files: tfds's own builder downloads it, where internet is.
     if local_cls is not None:
         builder = local_cls(data_dir=data_dir)
     else:
@@ -129,10 +145,16 @@ def load_builder(name: str, data_dir: str | None = None):
         if builder.is_prepared():  # Another process prepared it while we waited.
             return builder
         if local_cls is None and not _network_reachable():
+            offline = (
+                f"install Debian's dataset-fashion-mnist (or set FASHION_MNIST_DIR to a folder "
+                f"of its four IDX files), run once with internet, or copy a prepared tfds "
+                f"'{name}' into {data_dir}"
+                if name == "fashion_mnist"
+                else f"run once with internet, or copy a prepared tfds '{name}' into {data_dir}"
+            )
             raise DatasetUnavailableError(
                 f"Dataset {name!r} is not prepared in {data_dir} and cannot be downloaded "
-                f"(no network). To use it: run once with internet, or copy a prepared tfds "
-                f"'{name}' into {data_dir}."
+                f"(no network). To use it: {offline}."
             )
         try:
             builder.download_and_prepare()
@@ -155,7 +177,8 @@ def check_dataset(name: str, data_dir: str | None = None) -> None:
     """Refuse, before any work, a dataset the runner cannot use (``ValueError``, one line).
 
     Known names and tfds builders pass (nothing is downloaded); ``npz:PATH`` and
-    ``folder:PATH`` are read and checked (:mod:`robust_losses_jax.user_data`).
+    ``folder:PATH`` are read and checked (:mod:`robust_losses_jax.user_data`). A tfds dataset
+    without TensorFlow raises :class:`DatasetUnavailableError` (:func:`require_tensorflow`).
     """
     from robust_losses_jax import user_data
 
@@ -163,6 +186,7 @@ def check_dataset(name: str, data_dir: str | None = None) -> None:
         for split in ("train", "test"):
             user_data.load_split(name, split)
         return
+    require_tensorflow(name)
     if name in KNOWN_DATASETS:
         return
     import tensorflow_datasets as tfds

@@ -1,11 +1,13 @@
 """Test set-up: 8 simulated CPU devices (for the data-parallel tests), set before JAX starts."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import hypothesis
 import pytest
@@ -50,3 +52,21 @@ def sigkill_after_lines():
         assert process.wait(timeout=60) == -signal.SIGKILL, f"{module} finished before the kill"
 
     return kill
+
+
+@pytest.fixture
+def checkout_copy(tmp_path):
+    """A copy of the checkout's files that git tracks or would track (uncommitted changes
+    included; no venvs, no build outputs), in ``tmp_path / 'source'``: what a user's
+    ``pip install`` of the repository sees."""
+    root = Path(__file__).resolve().parent.parent
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=root, capture_output=True, check=True,
+    ).stdout.decode().split("\0")  # fmt: skip
+    destination = tmp_path / "source"
+    for name in filter(None, listed):
+        if (root / name).is_file():
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(root / name, destination / name)
+    return destination

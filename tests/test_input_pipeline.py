@@ -29,6 +29,7 @@ def test_sklearn_digits_split_in_canonical_order(digits):
     not local_datasets.fashion_mnist_files_present(),
     reason="needs Debian's dataset-fashion-mnist (make test installs it)",
 )
+@pytest.mark.slow
 def test_fashion_mnist_prepares_offline_from_idx_files():
     split = ip.load_split("fashion_mnist", "test")
     assert split.images.shape == (10_000, 28, 28, 1)
@@ -105,6 +106,7 @@ def test_bad_batch_size():
         ip.check_batch_size(100, 8)
 
 
+@pytest.mark.slow
 def test_preprocess_normalises_and_augments_per_example(digits):
     mean, std = ip.channel_stats(digits.images)
     images = jnp.asarray(digits.images[:16])
