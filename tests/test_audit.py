@@ -110,6 +110,7 @@ def _digits_with_planted_errors(num_flipped: int = 75):
     return split, labels, flipped
 
 
+@pytest.mark.slow
 def test_find_label_issues_finds_planted_errors_end_to_end():
     """1,500 digits, 75 labels flipped: the K-fold audit (5 fresh MLPs, stacked) finds them."""
     split, labels, flipped = _digits_with_planted_errors()

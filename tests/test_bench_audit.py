@@ -2,9 +2,12 @@
 
 import re
 
+import pytest
+
 from benchmarks import bench_audit
 
 
+@pytest.mark.slow
 def test_main_prints_the_row_f1_and_peak_memory(capsys):
     bench_audit.main(["--quick", "--train-size=600", "--no-torch", "--noise-rate=0.2"])
     out = capsys.readouterr().out

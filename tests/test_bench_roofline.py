@@ -14,6 +14,7 @@ def test_step_flops_are_three_forward_passes_less_the_first_layers_input_gradien
     assert bench_roofline.step_flops() == pytest.approx(9.16e9, rel=1e-3)
 
 
+@pytest.mark.slow
 def test_main_prints_the_rows_the_floor_and_the_ratio(capsys):
     bench_roofline.main(["--repeats=1", "--quick"])
     out = capsys.readouterr().out

@@ -42,6 +42,7 @@ def test_jaxpr_flops_counts_convolutions_and_matrix_products():
     ("small_cnn", (28, 28, 1), None),
     ("resnet18", (32, 32, 3), 1.11e9),  # CIFAR ResNet-18: 0.56 G multiply-adds per image.
 ])  # fmt: skip
+@pytest.mark.slow
 def test_forward_flops_of_the_benchmarked_models(model, shape, per_example):
     flops = bench_train.forward_flops(model, shape, 2, "float32")
     if per_example:

@@ -607,6 +607,7 @@ def corrupt_asymmetric(seed, labels, num_classes, rate, mapping):
     )
 
 
+@pytest.mark.slow
 @hypothesis.settings(max_examples=30, deadline=None)
 @hypothesis.given(asymmetric_cases())
 def test_property_asymmetric_exact_counts_per_source_class(case):

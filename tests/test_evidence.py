@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from experiments import evidence
+from robust_losses_jax.commands import evidence
 
 FIELDS = ("loss", "hparams", "delay", "noise_kind", "noise_rate", "protocol", "detector", "seed",
           "f1")  # fmt: skip
@@ -88,6 +88,7 @@ def test_main_reads_a_sweep_workdir(tmp_path, capsys):
     assert evidence.main([str(tmp_path / "missing")]) == 2
 
 
+@pytest.mark.slow
 def test_the_grid_script_runs_end_to_end_on_a_tiny_grid(tmp_path):
     """experiments/evidence_grid.sh, as a lent GPU runs it, on a tiny grid on the CPU: sweeps,
     then the tables and verdict of whatever finished, in $OUT."""

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from experiments import find_errors, run
 from robust_losses_jax import audit, input_pipeline
+from robust_losses_jax.commands import find_errors, run
 
 FAST = ["--model=mlp", "--batch-size=64", "--eval-batch-size=256", "--no-progress",
         "--checkpoint-min-interval=0"]  # fmt: skip
@@ -46,6 +46,7 @@ def read_csv(workdir):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_npz_audit_writes_every_output_and_finds_the_planted_errors(tmp_path, digits_npz, capsys):
     path, flipped = digits_npz
     workdir = tmp_path / "audit"
@@ -83,6 +84,7 @@ def test_npz_audit_writes_every_output_and_finds_the_planted_errors(tmp_path, di
         json.loads(line, parse_constant=lambda c: pytest.fail(f"metrics.jsonl holds {c}"))
 
 
+@pytest.mark.slow
 def test_folder_of_pngs_without_test_split(tmp_path):
     digits = input_pipeline.load_split("sklearn_digits", "train")
     root = tmp_path / "images"
@@ -99,6 +101,7 @@ def test_folder_of_pngs_without_test_split(tmp_path):
     assert summary["test_accuracy"] is None  # No test split: null, not NaN.
 
 
+@pytest.mark.slow
 def test_a_tfds_dataset_with_its_own_labels(tmp_path):
     workdir = tmp_path / "audit"
     assert find_errors.main(["--dataset=sklearn_digits", f"--workdir={workdir}", "--epochs=2",
@@ -128,6 +131,7 @@ def test_pred_probs_skip_training_and_rank_as_the_library_does(tmp_path, digits_
     np.testing.assert_array_equal(np.load(workdir / "pred_probs.npy"), probs)
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_matches_an_uninterrupted_audit(
     tmp_path, digits_npz, sigkill_after_lines
 ):
@@ -207,6 +211,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, flags
     assert not workdir.exists()
 
 
+@pytest.mark.slow
 def test_runner_without_injected_noise_reports_flag_counts_not_scores(tmp_path, capsys):
     workdir = tmp_path / "run"
     assert run.main(["--dataset=sklearn_digits", "--noise-rate=0", "--epochs=2", "--seed=1",

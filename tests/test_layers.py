@@ -29,6 +29,7 @@ def _xla_conv(x, kernel, padding="VALID"):
         ((2, 6, 6, 1), (1, 1, 1, 2), "VALID"),
     ],
 )
+@pytest.mark.slow
 @pytest.mark.parametrize("matmul_grad", ["always", "never"])
 def test_conv2d_values_and_gradients_match_xla(x_shape, kernel_shape, padding, matmul_grad):
     x = jax.random.normal(jax.random.key(0), x_shape)
@@ -79,6 +80,7 @@ def test_conv_kernel_grad_is_the_definition():
         ((3, 7, 6, 1), (3, 3, 1, 2), (1, 1), ((1, 0), (2, 1))),
     ],
 )
+@pytest.mark.slow
 def test_loop_safe_conv_values_and_gradients_match_xla(x_shape, kernel_shape, strides, padding):
     x = jax.random.normal(jax.random.key(0), x_shape)
     kernel = jax.random.normal(jax.random.key(1), kernel_shape)
@@ -118,6 +120,7 @@ def test_nn_conv_with_the_loop_safe_conv_matches_nn_conv():
     )  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU's layouts")
 @pytest.mark.parametrize("model_name", ["small_cnn", "resnet_tiny"])
 def test_gradient_convolutions_inside_a_loop_use_fast_kernel_layouts(model_name):

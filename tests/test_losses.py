@@ -177,6 +177,7 @@ def test_poly1_is_optax_poly_loss():
     [("power", {"gamma": 0.0}), ("power", {"gamma": 0.0, "tau": 0.0, "detach": False}),
      ("cutoff", {"tau": 0.0}), ("focal", {"gamma": 0.0})],
 )  # fmt: skip
+@pytest.mark.slow
 def test_reduces_to_cross_entropy_exactly(name, hp, shape):
     logits, labels = random_logits(2, shape, scale=10.0)
     fn = losses.get_loss(name, **hp)
@@ -265,6 +266,7 @@ def test_gradient_matches_finite_differences(key):
 # --------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", CANONICAL)
 def test_jit_vmap_grad_agree(name):
     fn = losses.get_loss(name, **OTHER_HPARAMS[name])
@@ -282,6 +284,7 @@ def test_jit_vmap_grad_agree(name):
     np.testing.assert_allclose(per_example, whole, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [name for name in CANONICAL if OTHER_HPARAMS[name]])
 def test_traced_hyperparameters_compile_once(name):
     hp_values = OTHER_HPARAMS[name]
@@ -310,6 +313,7 @@ def test_traced_hyperparameters_compile_once(name):
 # --------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", CANONICAL)
 def test_bfloat16_inputs(name):
     fn = losses.get_loss(name, **OTHER_HPARAMS[name])
@@ -338,6 +342,7 @@ EXTREME_LABELS = np.array([1, 1, 0, 2, 1, 2])  # p_t: 0, 1, 1/3, 1/3, ~0 (underf
     [(name, OTHER_HPARAMS[name]) for name in CANONICAL]
     + [("power", {"gamma": 0.5, "detach": False}), ("power", {"gamma": 3.0, "tau": 0.5})],
 )
+@pytest.mark.slow
 def test_extreme_logits_are_finite(name, hp, dtype):
     fn = losses.get_loss(name, **hp)
     logits = jnp.asarray(EXTREME, dtype)
@@ -348,6 +353,7 @@ def test_extreme_logits_are_finite(name, hp, dtype):
     assert float(losses.p_t(logits, EXTREME_LABELS)[0]) == 0.0  # Underflows, still finite.
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,hp", [("mae", {}), ("sce", {"alpha": 0.0, "beta": 1.0})])
 def test_one_minus_p_t_keeps_its_relative_precision_as_p_t_nears_one(name, hp):
     """Large logits and ``1 - p_t`` from 1e-6 to 1: MAE and RCE within 1e-5 of float64.
@@ -415,6 +421,7 @@ def loss_cases(draw):
     return name, hp, logits, labels
 
 
+@pytest.mark.slow
 @hypothesis.settings(max_examples=150, deadline=None)
 @hypothesis.given(loss_cases())
 def test_property_non_negative_and_finite(case):

@@ -80,6 +80,7 @@ def test_resnet_param_count_does_not_depend_on_input_size():
         assert models.count_params(abstract_init(model, shape)["params"]) == 11_173_962
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["resnet18", "resnet34", "resnet50"])
 @pytest.mark.parametrize("stem", ["cifar", "imagenet"])
 def test_large_resnet_output_shapes(name, stem):
@@ -91,6 +92,7 @@ def test_large_resnet_output_shapes(name, stem):
     chex.assert_type(logits, jnp.float32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SMALL)
 def test_small_model_outputs(name):
     model = models.get_model(name, 10)
@@ -145,6 +147,7 @@ def test_stems_have_the_published_first_convs():
 # --------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SMALL)
 def test_bfloat16_compute_keeps_float32_params_and_logits(name):
     model = models.get_model(name, 10, dtype=jnp.bfloat16)
@@ -172,6 +175,7 @@ def test_float32_model_accepts_bfloat16_inputs(name):
     chex.assert_type(logits, jnp.float32)
 
 
+@pytest.mark.slow
 def test_bfloat16_logits_close_to_float32():
     x = images(4)
     logits = {
@@ -208,6 +212,7 @@ def _per_device(tree):
     return [jax.tree.map(lambda leaf, i=i: leaf[i], tree) for i in range(NUM_DEVICES)]
 
 
+@pytest.mark.slow
 def test_pmap_batch_norm_averages_statistics_across_devices():
     x, variables, ref_logits, ref_stats = _reference()
     model = models.get_model("resnet_tiny", 10, bn_axis_name="data")
@@ -255,6 +260,7 @@ def test_shard_map_batch_norm_matches_global_batch():
 # --------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,kwargs", [("small_cnn", {}), ("mlp", {"dropout_rate": 0.5})])
 def test_dropout_only_in_train_mode(name, kwargs):
     model = models.get_model(name, 10, **kwargs)

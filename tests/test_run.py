@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from experiments import run
+from robust_losses_jax.commands import run
 
 # Checkpoints every epoch, however fast (these tests resume from them); the default's clock is
 # tested on its own.
@@ -13,6 +13,7 @@ BASE = ["--dataset=sklearn_digits", "--model=mlp", "--batch-size=64", "--eval-ba
         "--train-size=0", "--no-progress", "--seed=3", "--checkpoint-min-interval=0"]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_run_writes_every_output(tmp_path, capsys):
     workdir = tmp_path / "power"
     code = run.main([*BASE, "--loss=power", "--gamma=2", "--epochs=3", f"--workdir={workdir}"])
@@ -51,6 +52,7 @@ def test_run_writes_every_output(tmp_path, capsys):
     assert not list(workdir.glob(".*tmp"))  # No temporary files left behind.
 
 
+@pytest.mark.slow
 def test_same_seed_same_result_and_resume_matches(tmp_path):
     full, again, resumed = (tmp_path / name for name in ("full", "again", "resumed"))
     args = [*BASE, "--loss=cutoff", "--tau=0.1", "--delay=1"]
@@ -67,6 +69,7 @@ def test_same_seed_same_result_and_resume_matches(tmp_path):
     assert [json.loads(x)["epoch"] for x in lines] == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_eval_and_checkpoint_every_n_epochs_train_the_same(tmp_path):
     """--eval-every / --checkpoint-every thin out test evaluations (with the training rows'
     tracking) and checkpoints (the last epoch always has both); the model is the same, and a
@@ -103,6 +106,7 @@ def test_eval_and_checkpoint_every_n_epochs_train_the_same(tmp_path):
             np.testing.assert_array_equal(data[name], reference[name], err_msg=name)
 
 
+@pytest.mark.slow
 def test_checkpoints_wait_for_the_min_interval_and_the_model_is_the_same(tmp_path):
     """By default an epoch's checkpoint is skipped while the last is under 60 s old: this run's
     3 epochs take a few seconds, so only the last is saved. Training is unchanged."""
@@ -123,6 +127,7 @@ def test_checkpoints_wait_for_the_min_interval_and_the_model_is_the_same(tmp_pat
     assert run.main([*args, "--epochs=4", f"--workdir={timed}", "--resume"]) == 0
 
 
+@pytest.mark.slow
 def test_resume_before_the_first_checkpoint_starts_again_without_duplicate_epochs(tmp_path):
     """Killed after logging epochs but before any checkpoint (--checkpoint-every > 1): resumed,
     it trains from the start and logs each epoch once."""
@@ -142,6 +147,7 @@ def test_resume_before_the_first_checkpoint_starts_again_without_duplicate_epoch
             np.testing.assert_array_equal(data[name], reference[name], err_msg=name)
 
 
+@pytest.mark.slow
 def test_runs_stacked_together_resume_from_the_stack_checkpoint(tmp_path):
     """Two runs (seeds x gamma) in one stack: 2 epochs, then extended to 3 from the stack's
     checkpoint, equal each run trained alone for 3 epochs."""
@@ -183,6 +189,7 @@ def test_runs_stacked_together_resume_from_the_stack_checkpoint(tmp_path):
         )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_data_on_device_trains_like_streaming(tmp_path):
     """Same seed, same corruption and batches whether the split lives on the devices (each epoch
     one compiled program) or is streamed from the host a step at a time."""
@@ -338,6 +345,7 @@ def test_aum_detector_two_runs_with_disjoint_threshold_examples(tmp_path):
     assert pred["probs"].shape == (n, 10)  # The fake class is not among the outputs.
 
 
+@pytest.mark.slow
 def test_a_workdir_holding_another_run_is_refused_unless_resume_or_overwrite(tmp_path, capsys):
     workdir = tmp_path / "taken"
     first = [*BASE, "--epochs=1", f"--workdir={workdir}"]
@@ -384,6 +392,7 @@ def test_a_damaged_training_record_names_itself_on_resume(tmp_path, capsys):
     assert "pass --overwrite to start again" in err
 
 
+@pytest.mark.slow
 def test_a_damaged_checkpoint_names_itself_and_the_fallback(tmp_path, capsys):
     workdir = tmp_path / "damaged"
     flags = [*BASE, "--epochs=2", f"--workdir={workdir}"]
@@ -414,6 +423,7 @@ def test_a_damaged_checkpoint_names_itself_and_the_fallback(tmp_path, capsys):
     # run trains epoch 3 again, whose record file is already there.
     [(1, []), (2, []), (3, ["--checkpoint-every=2"])],
 )
+@pytest.mark.slow
 def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(
     tmp_path, kill_after_epochs, extra, sigkill_after_lines
 ):
@@ -443,6 +453,7 @@ def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(
     assert not (killed / "train_record.epochs").exists()
 
 
+@pytest.mark.slow
 def test_two_processes_of_4_devices_equal_one_process_of_8(tmp_path):
     """Multi-host on one machine: 2 CPU processes (jax.distributed, gloo) x 4 devices each, each
     feeding its devices its slice of every batch and only process 0 writing, give the outputs of

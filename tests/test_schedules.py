@@ -45,6 +45,7 @@ def test_schedule_without_ramp_keeps_targets():
         ("focal", {"gamma": 1.0}),
     ],
 )
+@pytest.mark.slow
 def test_scheduled_loss_is_ce_during_delay_then_robust(name, targets):
     delay = 5
 

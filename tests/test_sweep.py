@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from experiments import report, sweep
+from robust_losses_jax.commands import report, sweep
 
 RUN_FLAGS = ["--dataset=sklearn_digits", "--model=mlp", "--batch-size=64", "--eval-batch-size=256",
              "--train-size=0", "--epochs=2"]  # fmt: skip
@@ -22,6 +22,7 @@ def swept(tmp_path_factory):
     return workdir
 
 
+@pytest.mark.slow
 def test_sweep_writes_one_row_per_cell_and_detector(swept):
     rows = list(csv.DictReader((swept / "results.csv").open()))
     cells = {row["cell"] for row in rows}
@@ -38,6 +39,7 @@ def test_sweep_writes_one_row_per_cell_and_detector(swept):
     assert "power gamma=0.5" in table and "± 0.000" in table  # One seed: std 0.
 
 
+@pytest.mark.slow  # Its fixture trains a sweep.
 def test_sweep_resumes_without_rerunning_finished_cells(swept, capsys):
     mtimes = {p: p.stat().st_mtime_ns for p in swept.glob("*/summary.json")}
     assert sweep.main([*GRID, f"--workdir={swept}", "--", *RUN_FLAGS]) == 0
@@ -53,6 +55,7 @@ def test_sweep_checks_every_cell_before_any_work(tmp_path, capsys):
     assert not workdir.exists()
 
 
+@pytest.mark.slow
 def test_report_writes_every_plot(swept):
     assert report.main([str(swept)]) == 0
     plots = swept / "plots"
@@ -65,6 +68,7 @@ def test_report_writes_every_plot(swept):
         assert (plots / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_report_plots_runs_that_test_every_few_epochs(tmp_path):
     """With --eval-every some epochs have no test accuracy and no p_t: the curves and the
     histograms skip them."""
@@ -240,7 +244,7 @@ def test_bad_sweep_input_exits_2_with_one_line_and_writes_nothing(
 
 def a_cell(run_flags=()):
     """The single cell of SMALL_GRID and its config with ``run_flags`` added."""
-    from experiments import run
+    from robust_losses_jax.commands import run
 
     args = argparse.Namespace(**{k[2:]: v for k, v in SMALL_GRID.items()})
     (cell,) = sweep.grid(args)
@@ -332,6 +336,7 @@ def stacked_and_not(tmp_path_factory):
     return root / "stacked", root / "alone"
 
 
+@pytest.mark.slow
 def test_stacked_sweep_cells_equal_cells_trained_alone(stacked_and_not):
     """Seeds x gamma cells whose models trained in one stack (folds and AUM runs included)
     give what each cell trained alone gives, file by file."""
@@ -360,6 +365,7 @@ def test_stacked_sweep_cells_equal_cells_trained_alone(stacked_and_not):
         assert records == sorted(p.name for p in (alone / cell).glob("train_record*.npz"))
 
 
+@pytest.mark.slow  # Its fixture trains a sweep.
 def test_stacks_group_cells_by_loss_and_protocol_up_to_max_models(stacked_and_not):
     stacked, alone = stacked_and_not
     # ce: pt (2 cells), cl (2 x 3 folds), aum (2 x 2 runs); power (gamma 0.5, 2 x seeds 0, 1):

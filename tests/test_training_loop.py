@@ -47,6 +47,7 @@ def run_on_digits(workdir, **overrides) -> None:
         ("cl", True, PHASES),  # Two folds one after another: their times add up.
     ],
 )
+@pytest.mark.slow
 def test_fit_adds_wall_seconds_by_phase(tmp_path, detector, sequential, phases):
     timings: dict[str, float] = {}
     start = time.perf_counter()
@@ -84,6 +85,7 @@ def test_fits_with_equal_settings_share_their_compiled_programs(tmp_path):
     assert counts[1] == 0, counts
 
 
+@pytest.mark.slow
 def test_held_out_outputs_are_each_members_own_rows_from_one_evaluation(tmp_path):
     """A sweep's stack holds several runs' folds, whose held-out rows overlap: each member is
     evaluated on its own held-out rows only (not every member on every row), and
@@ -118,6 +120,7 @@ def test_held_out_outputs_are_each_members_own_rows_from_one_evaluation(tmp_path
         np.testing.assert_array_equal(held_out[m]["pred"], everywhere["pred"][m][rows])
 
 
+@pytest.mark.slow
 def test_auto_tau_is_chosen_after_the_delay_recorded_and_traced(tmp_path):
     """--tau=auto: after the delay, tau is the p_t quantile at the noise rate estimated from the
     model's own probabilities; it is recorded, and it is a traced value: a run with a fixed tau

@@ -120,6 +120,7 @@ def test_epoch_order_is_the_host_permutation_cut_into_batches():
     np.testing.assert_array_equal(np.asarray(order).ravel(), ip.epoch_permutation(key, 3, 100)[:96])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["pmap", "shard_map"])
 def test_a_compiled_epoch_trains_like_the_streaming_steps(digits, mode):
     """Small CNN with dropout and augmentation, 8 devices, two epochs (the delay switches the
@@ -145,6 +146,7 @@ def test_a_compiled_epoch_trains_like_the_streaming_steps(digits, mode):
     assert metrics[1]["count"][0] == 640
 
 
+@pytest.mark.slow
 def test_one_device_and_eight_devices_agree(digits):
     split, mean, std = digits
     member = make_member(split, np.arange(512), seed=1, gamma=1.0)
@@ -167,6 +169,7 @@ def test_one_device_and_eight_devices_agree(digits):
     ("model_name", "vectorize"),
     [("small_cnn", None), ("resnet_tiny", None), ("small_cnn", True), ("resnet_tiny", True)],
 )
+@pytest.mark.slow
 def test_a_stack_trains_each_member_as_if_alone(digits, model_name, vectorize):
     """Three members with their own rows (K-fold style), keys and gamma: the stack's weights
     equal each member trained alone by the streaming loop (BatchNorm statistics included),
@@ -209,6 +212,7 @@ def test_a_stack_trains_each_member_as_if_alone(digits, model_name, vectorize):
     assert not np.allclose(p[0], p[1]) and not np.allclose(p[1], p[2])
 
 
+@pytest.mark.slow
 def test_stacked_evaluation_is_every_member_on_every_row_in_canonical_order(digits):
     split, mean, std = digits
     members = [make_member(split, np.arange(512), seed=s, gamma=1.0) for s in (0, 1)]

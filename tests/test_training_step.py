@@ -54,6 +54,7 @@ def assert_params_close(a, b, atol):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=0)
 
 
+@pytest.mark.slow
 def test_one_and_eight_devices_and_both_parallel_modes_agree(digits):
     split, mean, std = digits
     states = {}
@@ -70,6 +71,7 @@ def test_one_and_eight_devices_and_both_parallel_modes_agree(digits):
     assert_params_close(states[(8, "shard_map")].params, states[(8, "pmap")].params, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_name", ["small_cnn", "mlp_dropout"])
 def test_dropout_masks_do_not_depend_on_the_device_count(digits, model_name):
     """Each device draws its rows of the one-device mask: 1 device == 8 devices (== shard_map)."""
@@ -90,6 +92,7 @@ def test_dropout_masks_do_not_depend_on_the_device_count(digits, model_name):
     assert_params_close(states[(8, "shard_map")].params, reference, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_training_lowers_the_loss_on_fashion_mnist():
     split = ip.load_split("fashion_mnist", "train", num_examples=2048)
     mean, std = (jnp.asarray(x) for x in ip.channel_stats(split.images))
@@ -169,6 +172,7 @@ def test_optimizers_build_and_step(name, schedule):
     assert np.all(np.isfinite(np.asarray(updates["w"])))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_name", ["small_cnn", "resnet_tiny"])
 def test_create_train_state_is_one_program_with_eager_values(model_name):
     """The jitted initialisation gives exactly the op-by-op values, and compiles once per model."""
