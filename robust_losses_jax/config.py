@@ -123,6 +123,27 @@ def _matrix_file(path: str) -> tuple[tuple[float, ...], ...]:
         raise ValueError(f"{path}: not a JSON [C, C] matrix ({error}).") from None
 
 
+# The largest image side --image-size accepts.
+MAX_IMAGE_SIZE = 1024
+
+
+def parse_image_size(text: str) -> tuple[int, int]:
+    """``"H"`` or ``"HxW"`` as ``(height, width)``; ``ValueError`` (one line) otherwise."""
+    parts = str(text).lower().split("x")
+    if len(parts) in (1, 2) and all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        height, width = int(parts[0]), int(parts[-1])
+        if max(height, width) <= MAX_IMAGE_SIZE:
+            return height, width
+    raise ValueError(
+        f"image size {text!r} is not H or HxW (positive integers up to {MAX_IMAGE_SIZE})."
+    )
+
+
+def _image_size_text(text: str) -> str:
+    height, width = parse_image_size(text)
+    return f"{height}x{width}"
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     """Everything that decides a run's result, and how often it tests and checkpoints (so it is
@@ -150,6 +171,13 @@ class Config:
         none="2 for power/cutoff, else 0",
     )
     ramp_epochs: int = flag(0, "loss", "epochs to ramp gamma/tau up after the delay", flag="ramp")
+    image_size: str | None = flag(
+        None,
+        "data",
+        "folder:PATH datasets: every image resized to H or HxW while it is read",
+        parse=_image_size_text,
+        none="the most common size, scaled down to at most 64 a side",
+    )
     noise_rate: float = flag(0.2, "data", "fraction of the training labels corrupted")
     noise_kind: str = flag("symmetric", "data", "how labels are corrupted", choices=NOISE_KINDS)
     transition: tuple[tuple[float, ...], ...] | None = flag(

@@ -207,6 +207,7 @@ def load_split(
     num_examples: int | None = None,
     *,
     missing_ok: bool = False,
+    image_size: str | None = None,
 ) -> Split:
     """A whole split (or its first ``num_examples``) in canonical order, as host arrays.
 
@@ -218,11 +219,12 @@ def load_split(
       num_examples: keep the first N examples only.
       missing_ok: a split the dataset lacks is an empty :class:`Split` instead of an error (a
         dataset without a test split).
+      image_size: ``folder:PATH`` only: ``"H"`` or ``"HxW"`` (default: its most common size).
     """
     from robust_losses_jax import user_data
 
     if user_data.is_user_dataset(name):
-        loaded = user_data.load_split(name, split)
+        loaded = user_data.load_split(name, split, image_size)
         if not num_examples or not len(loaded):
             return loaded
         return loaded.take(min(num_examples, len(loaded)))

@@ -52,9 +52,23 @@ def load_splits(
 ) -> tuple[input_pipeline.Split, input_pipeline.Split]:
     """``(train, test)`` splits of ``cfg.dataset`` (the whole training split: see the module)."""
     return (
-        input_pipeline.load_split(cfg.dataset, "train", data_dir),
-        input_pipeline.load_split(cfg.dataset, "test", data_dir, cfg.test_size, missing_ok=True),
+        input_pipeline.load_split(cfg.dataset, "train", data_dir, image_size=cfg.image_size),
+        input_pipeline.load_split(
+            cfg.dataset, "test", data_dir, cfg.test_size, missing_ok=True, image_size=cfg.image_size
+        ),
     )
+
+
+def check_noise(cfg: config_lib.Config) -> None:
+    """Refuse (one ``ValueError`` line) noise ``cfg.dataset`` cannot take: an asymmetric kind
+    for a dataset without a class-pair map."""
+    if cfg.noise_kind == "asymmetric":
+        try:
+            corruption.asymmetric_map_for(cfg.dataset)
+        except ValueError as error:
+            raise ValueError(
+                f"--noise-kind=asymmetric: {error} Use --noise-kind=symmetric or transition."
+            ) from None
 
 
 def noisy_training_data(

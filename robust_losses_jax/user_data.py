@@ -21,14 +21,18 @@ from pathlib import Path
 
 import numpy as np
 
+from robust_losses_jax import config as config_lib
 from robust_losses_jax.input_pipeline import Split
 
 NPZ_PREFIX = "npz:"
 FOLDER_PREFIX = "folder:"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+# The default image side cap for folders: 60,000 RGB images of 64 x 64 hold 737 MB.
+MAX_IMAGE_SIDE = 64
 FOLDER_RULE = (
     "every image becomes grayscale when all of them are (else RGB, alpha dropped) and is "
-    "resized (bilinear) to the most common height x width among them (ties: the larger)"
+    "resized (bilinear) to the most common height x width among them (ties: the larger), scaled "
+    f"down, aspect kept, to at most {MAX_IMAGE_SIDE} on a side; --image-size=H[xW] sets it"
 )
 
 
@@ -36,8 +40,9 @@ def is_user_dataset(name: str) -> bool:
     return name.startswith((NPZ_PREFIX, FOLDER_PREFIX))
 
 
-def load_split(name: str, split: str) -> Split:
-    """``split`` (``'train'`` or ``'test'``) of ``npz:PATH`` or ``folder:PATH``.
+def load_split(name: str, split: str, image_size: str | None = None) -> Split:
+    """``split`` (``'train'`` or ``'test'``) of ``npz:PATH`` or ``folder:PATH`` (its images
+    resized to ``image_size``, ``"H"`` or ``"HxW"``, where given: folders only).
 
     A missing test split is an empty :class:`Split` (an npz's has the training images' shape).
     """
@@ -48,7 +53,7 @@ def load_split(name: str, split: str) -> Split:
     if name.startswith(FOLDER_PREFIX):
         path = name.removeprefix(FOLDER_PREFIX)
         if split == "train":
-            return load_folder(path)
+            return load_folder(path, image_size)
         # No test split: an empty one, without reading every image again for its shape.
         names = tuple(f.name for f in class_folders(path))
         return Split(np.zeros((0, 0, 0, 0), np.uint8), np.zeros(0, np.int32), len(names), names)
@@ -149,10 +154,9 @@ def class_folders(path: str | Path) -> list[Path]:
     return folders
 
 
-def load_folder(path: str | Path) -> Split:
-    """``folder:PATH`` as one split: images converted by :data:`FOLDER_RULE`, labels by folder."""
-    from PIL import Image, UnidentifiedImageError
-
+def folder_files(path: str | Path) -> tuple[list[Path], np.ndarray, tuple[str, ...]]:
+    """The image files of ``folder:PATH`` in canonical order (class folders sorted, files sorted
+    within each), their labels int32 ``[N]``, and the class names."""
     folders = class_folders(path)
     files: list[Path] = []
     labels: list[int] = []
@@ -167,24 +171,54 @@ def load_folder(path: str | Path) -> Split:
             )
         files += found
         labels += [label] * len(found)
-    pictures = []
+    return files, np.asarray(labels, np.int32), tuple(f.name for f in folders)
+
+
+def folder_paths(path: str | Path) -> tuple[str, ...]:
+    """``[N]`` the files of ``folder:PATH`` relative to it, in the order of :func:`load_folder`."""
+    files, _, _ = folder_files(path)
+    return tuple(f.relative_to(path).as_posix() for f in files)
+
+
+def load_folder(path: str | Path, image_size: str | None = None) -> Split:
+    """``folder:PATH`` as one split: images converted by :data:`FOLDER_RULE` (or to
+    ``image_size``), labels by folder. Two passes: headers first (size and mode, no pixels),
+    then each image decoded straight into the result, so memory holds one array, not every
+    decoded picture."""
+    from PIL import Image, UnidentifiedImageError  # Optional: only folder datasets need it.
+
+    files, labels, names = folder_files(path)
+    modes, sizes = [], collections.Counter()
     for file in files:
         try:
             with Image.open(file) as image:
-                image.load()
-                pictures.append(image.copy())
+                modes.append(image.mode)
+                sizes[(image.height, image.width)] += 1
         except (OSError, UnidentifiedImageError, ValueError) as error:
             raise ValueError(f"folder:{path}: cannot read image {file} ({error}).") from None
-    gray = all(p.mode in ("1", "L", "LA", "I", "I;16", "F") for p in pictures)
-    sizes = collections.Counter((p.height, p.width) for p in pictures)
-    height, width = max(sizes, key=lambda s: (sizes[s], s[0] * s[1], s))
-    images = np.stack([_convert(p, gray, height, width) for p in pictures])
-    return Split(
-        images=images,
-        labels=np.asarray(labels, np.int32),
-        num_classes=len(folders),
-        class_names=tuple(f.name for f in folders),
+    gray = all(m in ("1", "L", "LA", "I", "I;16", "F") for m in modes)
+    height, width = (
+        config_lib.parse_image_size(image_size)
+        if image_size
+        else capped_size(max(sizes, key=lambda s: (sizes[s], s[0] * s[1], s)))
     )
+    images = np.empty((len(files), height, width, 1 if gray else 3), np.uint8)
+    for i, file in enumerate(files):
+        try:
+            with Image.open(file) as image:
+                image.load()
+                images[i] = _convert(image, gray, height, width)
+        except (OSError, UnidentifiedImageError, ValueError) as error:
+            raise ValueError(f"folder:{path}: cannot read image {file} ({error}).") from None
+    return Split(images=images, labels=labels, num_classes=len(names), class_names=names)
+
+
+def capped_size(size: tuple[int, int]) -> tuple[int, int]:
+    """``(height, width)`` scaled down, aspect kept, so neither side exceeds
+    :data:`MAX_IMAGE_SIDE` (a size the models train at and 60,000 RGB images fit in memory)."""
+    height, width = size
+    scale = min(1.0, MAX_IMAGE_SIDE / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
 
 
 def _convert(picture, gray: bool, height: int, width: int) -> np.ndarray:

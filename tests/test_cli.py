@@ -51,6 +51,8 @@ def sample(name, folder):
         path = folder / "transition.json"
         path.write_text(json.dumps([[0.75, 0.25], [0.5, 0.5]]))
         return f"{flag}={path}", ((0.75, 0.25), (0.5, 0.5))
+    if field.metadata.get("parse") is config_lib._image_size_text:
+        return f"{flag}=3", "3x3"
     if isinstance(action, argparse.BooleanOptionalAction):
         value = not field.default  # None (augment): on.
         return (flag if value else f"--no-{flag[2:]}"), value
@@ -161,7 +163,7 @@ def test_find_errors_help_shows_its_own_defaults(capsys):
     assert stop.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
     assert "whole split (default: 0, the whole split)" in text
-    assert "(default: 0.5 with --loss=power, else the loss's own)" in text
+    assert "sce; default: gce)" in text and "(one of: pt, cl, aum; default: pt)" in text
     assert "default: workdir/find_errors" in text
 
 
@@ -229,10 +231,11 @@ def find_errors_config(flags):
 def test_find_errors_layers_its_defaults_under_the_preset():
     audit = {
         "noise_rate": 0.0,
-        "detector": "cl",
+        "detector": "pt",
         "train_size": None,
-        "loss": "power",
-        "loss_hparams": {"gamma": 0.5},
+        "loss": "gce",
+        "epochs": 8,
+        "loss_hparams": {},
     }
     assert find_errors_config([]) == config_lib.Config(**audit)
     assert find_errors_config(["--preset=paper"]) == config_lib.Config(

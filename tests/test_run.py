@@ -241,7 +241,8 @@ def test_data_on_device_trains_like_streaming(tmp_path):
      (["--data-placement=gpu"], "Unknown data placement 'gpu'"),
      (["--dataset=npz:{NPZ_BAD_LABELS}"], "train_labels[3] = 10 is outside [0, 10)"),
      (["--dataset=npz:{T_MISSING}"], "cannot read it as a .npz file"),
-     (["--dataset=nope"], "Unknown dataset 'nope'")],
+     (["--dataset=nope"], "Unknown dataset 'nope'"),
+     (["--noise-kind=asymmetric"], "--noise-kind=asymmetric: No asymmetric map for dataset")],
 )  # fmt: skip
 def test_bad_flags_exit_2_with_one_line_and_write_nothing(tmp_path, capsys, flags, message):
     files = {

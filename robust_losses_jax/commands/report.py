@@ -91,7 +91,10 @@ def suspected_errors(run: Path, out: Path, data_dir: str | None, top: int = 24) 
         score = 1.0 - pred["p_t"]
     score = np.where(np.isnan(score), -np.inf, score)
     order = np.argsort(-score, kind="stable")[:top]
-    split = input_pipeline.load_split(config["dataset"], "train", data_dir, config["train_size"])
+    split = input_pipeline.load_split(
+        config["dataset"], "train", data_dir, config["train_size"],
+        image_size=config.get("image_size"),
+    )  # fmt: skip
     names = split.class_names
     plt = _pyplot()
     cols = 8
@@ -120,7 +123,7 @@ def label_issues_grid(
     images: np.ndarray, issues: Any, path: Path, top: int = 48, title: str = ""
 ) -> Path:
     """The ``top`` most suspect examples of an audit (``audit.LabelIssues``) as an image grid,
-    each titled with its index, given and suggested class (red: flagged by Confident Learning)."""
+    each titled with its index, given and predicted class (red: flagged)."""
     order = issues.top(min(top, len(issues.ranking)))
     names = issues.class_names
     plt = _pyplot()
@@ -133,8 +136,8 @@ def label_issues_grid(
         image = images[i]
         ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray")
         ax.set_title(
-            f"#{i} q={issues.label_quality[i]:.2g}\ngiven {names[issues.given_label[i]]}\n"
-            f"suggested {names[issues.suggested_label[i]]}",
+            f"#{i} q={issues.label_score[i]:.2g}\ngiven {names[issues.given_label[i]]}\n"
+            f"predicted {names[issues.predicted_label[i]]}",
             fontsize=7,
             color="tab:red" if issues.is_label_issue[i] else "black",
         )

@@ -306,7 +306,7 @@ def cell_configs(cells: list[Cell], run_flags: list[str], workdir: Path) -> dict
     import jax
 
     from robust_losses_jax import config as config_lib
-    from robust_losses_jax import corruption, input_pipeline
+    from robust_losses_jax import input_pipeline, noisy_data
     from robust_losses_jax.commands import run
 
     args = run_parser().parse_args(run_flags)
@@ -319,8 +319,7 @@ def cell_configs(cells: list[Cell], run_flags: list[str], workdir: Path) -> dict
         if cfg.dataset not in datasets:
             input_pipeline.check_dataset(cfg.dataset, args.data_dir)
             datasets.add(cfg.dataset)
-        if cfg.noise_kind == "asymmetric":
-            corruption.asymmetric_map_for(cfg.dataset)  # Raises for a dataset without a map.
+        noisy_data.check_noise(cfg)
         check_cell_folder(cfg, workdir, cell)
         configs[cell] = cfg
     return configs
