@@ -9,7 +9,7 @@ Two entry points:
 
 Semantics follow cleanlab's: ``is_label_issue`` is ``cleanlab.filter.find_label_issues(labels,
 pred_probs, filter_by=...)`` (Confident Learning, :func:`detection.confident_learning`) and
-``label_quality`` is ``cleanlab.rank.get_label_quality_scores(labels, pred_probs,
+``label_score`` is ``cleanlab.rank.get_label_quality_scores(labels, pred_probs,
 method="self_confidence")``: the probability of the given label, in ``[0, 1]``, lower = more
 likely mislabelled. Examples are ordered by it, ties broken by the margin of the given label
 over the best other class (in logits when the model's are known, else in log-probabilities),
@@ -32,17 +32,21 @@ from robust_losses_jax import config as config_lib
 from robust_losses_jax import detection
 
 # The audit's defaults where they differ from the runner's (``config.Config``): nothing
-# injected, every example, K-fold Confident Learning, and the loss the project's measured
-# results favour for it (docs/results/README.md).
+# injected, every example, and the detector the project's measurements pick per unit of compute:
+# one in-sample model trained with gce, flagged where it predicts another class (docs/detection.md,
+# "Which detector"). ``--detector=cl`` (K-fold Confident Learning) stays an option.
 AUDIT_DEFAULTS: dict[str, Any] = {
     "noise_rate": 0.0,
     "train_size": None,
-    "detector": "cl",
-    "loss": "power",
-    "loss_hparams": {"gamma": 0.5},
+    "detector": "pt",
+    "loss": "gce",
+    "epochs": 8,
+    "loss_hparams": {},
 }
-CSV_COLUMNS = ("rank", "index", "given_label", "suggested_label", "label_quality", "margin",
-               "is_label_issue", "given_name", "suggested_name")  # fmt: skip
+# cleanlab's ``Datalab.get_issues("label")`` columns first, then this project's; ``path`` only
+# for datasets read from files.
+CLEANLAB_COLUMNS = ("is_label_issue", "label_score", "given_label", "predicted_label")
+CSV_COLUMNS = (*CLEANLAB_COLUMNS, "rank", "index", "margin", "given_name", "predicted_name")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,11 +55,11 @@ class LabelIssues:
 
     Attributes:
       given_label: int ``[N]``, the labels as given.
-      suggested_label: int ``[N]``, the most probable class.
-      label_quality: float ``[N]`` in ``[0, 1]``: the probability of the given label (cleanlab's
+      predicted_label: int ``[N]``, the most probable class.
+      label_score: float ``[N]`` in ``[0, 1]``: the probability of the given label (cleanlab's
         self-confidence); lower = more likely mislabelled.
       margin: float ``[N]``: the given label's logit (or log-probability) minus the best other
-        class's; breaks ties of ``label_quality``.
+        class's; breaks ties of ``label_score``.
       is_label_issue: bool ``[N]``, Confident Learning's flag (from a run: its protocol's own,
         AUM's, or the prediction differing from the given label for the in-sample ``pt``).
       ranking: int ``[N]``, example indices, most suspect first.
@@ -65,11 +69,12 @@ class LabelIssues:
         class with no examples).
       estimated_noise_rate: the same over the whole dataset.
       class_names: ``C`` names (``str(k)`` where none are known).
+      paths: ``N`` file paths relative to the dataset's folder, or None (arrays).
     """
 
     given_label: np.ndarray
-    suggested_label: np.ndarray
-    label_quality: np.ndarray
+    predicted_label: np.ndarray
+    label_score: np.ndarray
     margin: np.ndarray
     is_label_issue: np.ndarray
     ranking: np.ndarray
@@ -77,14 +82,44 @@ class LabelIssues:
     noise_rate_per_class: np.ndarray
     estimated_noise_rate: float
     class_names: tuple[str, ...]
+    paths: tuple[str, ...] | None = None
 
     @property
-    def num_issues(self) -> int:
+    def num_label_issues(self) -> int:
         return int(self.is_label_issue.sum())
 
     def top(self, k: int) -> np.ndarray:
         """The ``k`` most suspect example indices."""
         return self.ranking[:k]
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """The table's columns (:data:`CSV_COLUMNS`, then ``path`` where known), rows most
+        suspect first: ``[N]`` each."""
+        order = self.ranking
+        given, predicted = self.given_label[order], self.predicted_label[order]
+        names = np.asarray(self.class_names, dtype=object)
+        table = {
+            "is_label_issue": self.is_label_issue[order].astype(bool),
+            "label_score": self.label_score[order],
+            "given_label": given,
+            "predicted_label": predicted,
+            "rank": np.arange(len(order)),
+            "index": order,
+            "margin": self.margin[order],
+            "given_name": names[given],
+            "predicted_name": names[predicted],
+        }
+        if self.paths is not None:
+            table["path"] = np.asarray(self.paths, dtype=object)[order]
+        return table
+
+    def to_dataframe(self) -> Any:
+        """A ``pandas.DataFrame`` of :meth:`columns`, indexed by example index (``sort_index()``
+        gives cleanlab's ``Datalab.get_issues("label")`` order). Needs pandas."""
+        import pandas as pd  # Optional: only this method needs it.
+
+        table = self.columns()
+        return pd.DataFrame(table, index=pd.Index(table["index"], name=None))
 
 
 def log_margin(pred_probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -97,9 +132,9 @@ def log_margin(pred_probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
         return np.log(probs[np.arange(n), labels]) - np.log(others.max(axis=1))
 
 
-def suspicion_order(label_quality: np.ndarray, margin: np.ndarray) -> np.ndarray:
-    """Indices by ``label_quality`` ascending, ties by ``margin`` ascending, then by index."""
-    return np.lexsort((np.arange(len(label_quality)), margin, label_quality))
+def suspicion_order(label_score: np.ndarray, margin: np.ndarray) -> np.ndarray:
+    """Indices by ``label_score`` ascending, ties by ``margin`` ascending, then by index."""
+    return np.lexsort((np.arange(len(label_score)), margin, label_score))
 
 
 def rank_label_issues(
@@ -140,8 +175,8 @@ def rank_label_issues(
         raise ValueError(f"{len(names)} class names for {num_classes} classes; pass one per class.")
     return LabelIssues(
         given_label=labels,
-        suggested_label=probs.argmax(axis=1),
-        label_quality=quality,
+        predicted_label=probs.argmax(axis=1),
+        label_score=quality,
         margin=margin,
         is_label_issue=flagged,
         ranking=suspicion_order(quality, margin),
@@ -153,20 +188,23 @@ def rank_label_issues(
 
 
 def issues_csv(issues: LabelIssues) -> str:
-    """The table of ``label_issues.csv``: one row per example, most suspect first."""
+    """The table of ``label_issues.csv``: one row per example, most suspect first; flags as
+    ``True``/``False``, numbers to 6 significant digits, an infinite margin as an empty cell."""
+    table = issues.columns()
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    names = issues.class_names
-    for rank, i in enumerate(issues.ranking):
-        given, suggested = int(issues.given_label[i]), int(issues.suggested_label[i])
-        margin = float(issues.margin[i])
-        writer.writerow([
-            rank, int(i), given, suggested, f"{issues.label_quality[i]:.6g}",
-            f"{margin:.6g}" if np.isfinite(margin) else "", int(issues.is_label_issue[i]),
-            names[given], names[suggested],
-        ])  # fmt: skip
+    writer.writerow(table)
+    for row in zip(*table.values(), strict=True):
+        writer.writerow([_csv_cell(value) for value in row])
     return out.getvalue()
+
+
+def _csv_cell(value: Any) -> Any:
+    if isinstance(value, np.bool_ | bool):
+        return bool(value)
+    if isinstance(value, np.floating | float):
+        return f"{value:.6g}" if np.isfinite(value) else ""
+    return value
 
 
 def audit_config(**overrides: Any) -> config_lib.Config:
@@ -230,7 +268,7 @@ def find_label_issues(
         test = input_pipeline.Split(test_images, np.asarray(test_labels, np.int32), num_classes,
                                     names)  # fmt: skip
     cfg = config or audit_config(dataset="arrays")
-    check_folds(train, cfg)
+    check_settings(train, cfg)
     with tempfile.TemporaryDirectory() as scratch:
         run_dir = Path(workdir) if workdir is not None else Path(scratch)
         experiment.train_and_evaluate(
@@ -274,15 +312,23 @@ def check_training_split(split: Any, *, where: str) -> None:
         )
 
 
-def check_folds(split: Any, cfg: config_lib.Config) -> None:
-    """K-fold Confident Learning needs every class to have at least ``cfg.folds`` examples."""
-    if cfg.detector != "cl":
-        return
-    counts = np.bincount(split.labels, minlength=split.num_classes)
-    small = [k for k in range(split.num_classes) if 0 < counts[k] < cfg.folds]
-    if small:
-        k = small[0]
+def check_settings(split: Any, cfg: config_lib.Config) -> None:
+    """Refuse (one ``ValueError`` line) settings the split cannot train: for K-fold Confident
+    Learning a class with fewer examples than ``cfg.folds``; a batch larger than the examples
+    each model trains on."""
+    per_model = len(split.labels)
+    if cfg.detector == "cl":
+        counts = np.bincount(split.labels, minlength=split.num_classes)
+        small = [k for k in range(split.num_classes) if 0 < counts[k] < cfg.folds]
+        if small:
+            k = small[0]
+            raise ValueError(
+                f"class {split.class_names[k]!r} has {counts[k]} example(s), fewer than the "
+                f"{cfg.folds} folds (--folds); use fewer folds or drop the class."
+            )
+        per_model -= -(-per_model // cfg.folds)  # Each fold model trains without its fold.
+    if cfg.batch_size > per_model:
         raise ValueError(
-            f"class {split.class_names[k]!r} has {counts[k]} example(s), fewer than the "
-            f"{cfg.folds} folds (--folds); use fewer folds or drop the class."
+            f"--batch-size {cfg.batch_size} exceeds the {per_model} examples each model trains "
+            "on; pass a smaller --batch-size."
         )

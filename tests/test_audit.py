@@ -2,6 +2,7 @@
 K-fold audit on planted errors."""
 
 import csv
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -33,7 +34,7 @@ def test_same_flags_scores_and_order_as_cleanlab_on_real_probabilities(filter_by
     want = cleanlab_find_label_issues(labels, probs, filter_by=filter_by)
     np.testing.assert_array_equal(issues.is_label_issue, want)
     np.testing.assert_array_equal(
-        issues.label_quality, get_label_quality_scores(labels, probs, method="self_confidence")
+        issues.label_score, get_label_quality_scores(labels, probs, method="self_confidence")
     )
     ranked = cleanlab_find_label_issues(
         labels, probs, filter_by=filter_by, return_indices_ranked_by="self_confidence"
@@ -55,12 +56,12 @@ def test_human_verified_errors_rank_near_the_top():
     confirmed = {c["id"] for c in reviewed if c["mturk"]["given"] < 3}
     assert len(confirmed) == 15
     issues = audit.rank_label_issues(labels, probs, filter_by="predicted_neq_given")
-    assert issues.num_issues == 87
+    assert issues.num_label_issues == 87
     assert confirmed <= set(np.flatnonzero(issues.is_label_issue))
     assert len(confirmed & set(issues.top(100).tolist())) >= 13
 
 
-def test_ties_of_label_quality_are_broken_by_the_margin():
+def test_ties_of_label_score_are_broken_by_the_margin():
     # Rows 0-2 give the label probability 0 (p_t saturated); their logit margins still differ.
     probs = np.array([[0.0, 1.0], [0.0, 1.0], [0.0, 1.0], [0.3, 0.7], [0.9, 0.1]], np.float32)
     labels = np.zeros(5, np.int64)
@@ -82,14 +83,37 @@ def test_csv_has_one_row_per_example_most_suspect_first():
     assert tuple(rows[0]) == audit.CSV_COLUMNS
     assert [int(r["index"]) for r in rows] == issues.ranking.tolist()
     assert sorted(int(r["index"]) for r in rows) == list(range(40))
-    quality = [float(r["label_quality"]) for r in rows]
+    quality = [float(r["label_score"]) for r in rows]
     assert quality == sorted(quality) and quality[0] >= 0 and quality[-1] <= 1
     for r in rows:
         i = int(r["index"])
         assert int(r["given_label"]) == labels[i]
-        assert int(r["suggested_label"]) == probs[i].argmax()
+        assert int(r["predicted_label"]) == probs[i].argmax()
         assert r["given_name"] == ["ant", "bee", "cat"][labels[i]]
-        assert int(r["is_label_issue"]) == issues.is_label_issue[i]
+        assert r["is_label_issue"] == str(bool(issues.is_label_issue[i]))
+        assert "path" not in r  # Arrays have no files.
+
+
+def test_the_dataframe_has_cleanlabs_columns_and_loads_back_from_the_csv():
+    pd = pytest.importorskip("pandas")
+    rng = np.random.default_rng(1)
+    probs = rng.dirichlet(np.ones(4), size=30)
+    labels = rng.integers(0, 4, 30)
+    paths = tuple(f"c{labels[i]}/{i}.png" for i in range(30))
+    issues = dataclasses.replace(audit.rank_label_issues(labels, probs), paths=paths)
+    frame = issues.to_dataframe()
+    assert list(frame.columns[:4]) == ["is_label_issue", "label_score", "given_label",
+                                       "predicted_label"]  # fmt: skip
+    assert frame["is_label_issue"].dtype == bool and list(frame.columns)[-1] == "path"
+    assert frame.index.tolist() == issues.ranking.tolist()
+    in_order = frame.sort_index()
+    np.testing.assert_allclose(in_order["label_score"], probs[np.arange(30), labels])
+    assert in_order["path"].tolist() == list(paths)
+    read = pd.read_csv(io.StringIO(audit.issues_csv(issues)))
+    assert read["is_label_issue"].dtype == bool
+    assert read["is_label_issue"].tolist() == frame["is_label_issue"].tolist()
+    assert read["path"].tolist() == frame["path"].tolist()
+    np.testing.assert_allclose(read["label_score"], frame["label_score"], rtol=1e-5)
 
 
 def test_bad_probabilities_are_one_line_errors():
@@ -138,7 +162,7 @@ def test_in_sample_audit_flags_where_its_model_predicts_another_class():
                              loss_hparams={})  # fmt: skip
     issues = audit.find_label_issues(split.images, labels, config=cfg)
     np.testing.assert_array_equal(issues.is_label_issue,
-                                  issues.suggested_label != issues.given_label)  # fmt: skip
+                                  issues.predicted_label != issues.given_label)  # fmt: skip
     truth = np.zeros(len(labels), bool)
     truth[flipped] = True
     assert issues.is_label_issue[truth].mean() > 0.8  # Recall of the planted errors.
@@ -151,5 +175,8 @@ def test_find_label_issues_refuses_bad_arrays():
         audit.find_label_issues(images, np.zeros(12))
     with pytest.raises(ValueError, match=r"12 images but labels of shape \[11\]"):
         audit.find_label_issues(images, np.arange(11) % 2)
+    with pytest.raises(ValueError, match=r"--batch-size 128 exceeds the 12 examples each model"):
+        audit.find_label_issues(images, np.arange(12) % 2)
+    kfold = audit.audit_config(detector="cl", batch_size=4)
     with pytest.raises(ValueError, match=r"class '1' has 2 example\(s\), fewer than the 5 folds"):
-        audit.find_label_issues(images, np.r_[np.zeros(10, int), 1, 1])
+        audit.find_label_issues(images, np.r_[np.zeros(10, int), 1, 1], config=kfold)

@@ -50,33 +50,33 @@ def read_csv(workdir):
 def test_npz_audit_writes_every_output_and_finds_the_planted_errors(tmp_path, digits_npz, capsys):
     path, flipped = digits_npz
     workdir = tmp_path / "audit"
-    code = find_errors.main([f"--dataset=npz:{path}", f"--workdir={workdir}", "--epochs=8",
-                             *FAST])  # fmt: skip
+    code = find_errors.main([f"--dataset=npz:{path}", f"--workdir={workdir}", *FAST])
     assert code == 0
     out = capsys.readouterr().out.strip().splitlines()
-    assert len(out) == 1 and "labels flagged" in out[0] and "test acc" in out[0]
+    assert len(out) == 2 and "labels flagged" in out[0]
+    assert out[1].startswith("fit: accuracy on the given labels 0.") and "(test split)" in out[1]
+    assert out[1].endswith("trained 0 epoch(s) of cross-entropy, 8 of gce")
     rows = read_csv(workdir)
     assert len(rows) == 1500 and [int(r["rank"]) for r in rows] == list(range(1500))
-    quality = [float(r["label_quality"]) for r in rows]
+    quality = [float(r["label_score"]) for r in rows]
     assert quality == sorted(quality)
     assert len(set(quality[:50])) == 50  # No ties at the top.
     assert rows[0]["given_name"].startswith("digit")
-    flagged = {int(r["index"]) for r in rows if r["is_label_issue"] == "1"}
+    assert {r["is_label_issue"] for r in rows} == {"True", "False"}
+    flagged = {int(r["index"]) for r in rows if r["is_label_issue"] == "True"}
     hits = len(flagged & set(flipped.tolist()))
     assert hits / len(flagged) > 0.8 and hits / 75 > 0.8, (hits, len(flagged))
     probs = np.load(workdir / "pred_probs.npy")
     assert probs.shape == (1500, 10)
-    # The same semantics as cleanlab's on the same probabilities.
-    from cleanlab.filter import find_label_issues
-
+    # The in-sample detector flags where its model predicts another class.
     given = np.array([int(r["given_label"]) for r in sorted(rows, key=lambda r: int(r["index"]))])
-    want = find_label_issues(given, probs)
-    assert flagged == set(np.flatnonzero(want).tolist())
+    assert flagged == set(np.flatnonzero(probs.argmax(1) != given).tolist())
     summary = strict_json(workdir / "summary.json")
-    assert summary["examples"] == 1500 and summary["flagged"] == len(flagged)
+    assert summary["examples"] == 1500 and summary["num_label_issues"] == len(flagged)
+    assert summary["warnings"] == [] and summary["fit"]["heldout_source"] == "test split"
     assert set(summary["estimated_noise_rate_per_class"]) == {f"digit{k}" for k in range(10)}
     assert 0.8 < summary["test_accuracy"] <= 1.0
-    assert summary["settings"]["loss"] == "power" and summary["settings"]["detector"] == "cl"
+    assert summary["settings"]["loss"] == "gce" and summary["settings"]["detector"] == "pt"
     assert summary["settings"]["noise_rate"] == 0.0 and summary["settings"]["train_size"] is None
     assert (workdir / "label_issues.png").stat().st_size > 10_000
     strict_json(workdir / "config.json")
@@ -93,10 +93,22 @@ def test_folder_of_pngs_without_test_split(tmp_path):
         for j, i in enumerate(np.flatnonzero(digits.labels == k)[:60]):
             Image.fromarray(digits.images[i, ..., 0]).save(root / name / f"{j}.png")
     workdir = tmp_path / "audit"
-    assert find_errors.main([f"--dataset=folder:{root}", f"--workdir={workdir}", "--epochs=3",
-                             "--folds=3", *FAST]) == 0  # fmt: skip
+    flags = ["--epochs=3", "--detector=cl", "--folds=3", "--image-size=16x12", *FAST]
+    assert find_errors.main([f"--dataset=folder:{root}", f"--workdir={workdir}", *flags]) == 0
     rows = read_csv(workdir)
     assert len(rows) == 180 and {r["given_name"] for r in rows} == {"zero", "one", "two"}
+    for r in rows:  # The file of each row, relative to the folder, under its given class.
+        assert r["path"].split("/")[0] == r["given_name"]
+        assert (root / r["path"]).is_file()
+    probs = np.load(workdir / "pred_probs.npy")
+    assert probs.shape == (180, 3)
+    # K-fold Confident Learning: the same flags as cleanlab's on the same probabilities.
+    from cleanlab.filter import find_label_issues
+
+    rows.sort(key=lambda r: int(r["index"]))
+    want = find_label_issues(np.array([int(r["given_label"]) for r in rows]), probs)
+    assert [r["is_label_issue"] == "True" for r in rows] == want.tolist()
+    assert strict_json(workdir / "config.json")["image_size"] == "16x12"
     summary = strict_json(workdir / "summary.json")
     assert summary["test_accuracy"] is None  # No test split: null, not NaN.
 
@@ -113,6 +125,39 @@ def test_a_tfds_dataset_with_its_own_labels(tmp_path):
         input_pipeline.load_split("sklearn_digits", "train").labels[:600],
     )
     assert strict_json(workdir / "summary.json")["settings"]["loss"] == "cross_entropy"
+
+
+def test_pred_probs_that_disagree_with_half_the_labels_are_called_implausible(
+    tmp_path, digits_npz, capsys
+):
+    path, _ = digits_npz
+    labels = np.load(path)["train_labels"]
+    probs = np.full((1500, 10), 0.02, np.float32)
+    wrong = np.arange(1500) % 2 == 0  # Half the rows favour another class.
+    probs[np.arange(1500), np.where(wrong, (labels + 1) % 10, labels)] = 0.82
+    probs_path = tmp_path / "probs.npy"
+    np.save(probs_path, probs)
+    workdir = tmp_path / "audit"
+    assert find_errors.main([f"--dataset=npz:{path}", f"--workdir={workdir}",
+                             f"--pred-probs={probs_path}"]) == 0  # fmt: skip
+    out = capsys.readouterr().out.strip().splitlines()
+    warnings = [line for line in out if line.startswith("warning: ")]
+    assert any("of the labels flagged, more than 40%" in w for w in warnings), out
+    assert any("underfits: 0.500 accuracy" in w for w in warnings), out
+    summary = strict_json(workdir / "summary.json")
+    assert [f"warning: {w}" for w in summary["warnings"]] == warnings
+
+
+def test_a_robust_loss_cut_short_by_its_delay_is_named(tmp_path, digits_npz, capsys):
+    path, _ = digits_npz
+    workdir = tmp_path / "audit"
+    assert find_errors.main([f"--dataset=npz:{path}", f"--workdir={workdir}", "--detector=pt",
+                             "--loss=power", "--epochs=1", *FAST]) == 0  # fmt: skip
+    out = capsys.readouterr().out.strip().splitlines()
+    assert "trained 1 epoch(s) of cross-entropy, 0 of power" in out[1]
+    assert any(line.startswith("warning: the power loss never engaged") for line in out), out
+    summary = strict_json(workdir / "summary.json")
+    assert summary["fit"]["robust_epochs"] == 0 and summary["fit"]["heldout_source"] == "test split"
 
 
 def test_pred_probs_skip_training_and_rank_as_the_library_does(tmp_path, digits_npz):
@@ -181,8 +226,10 @@ BAD_INPUTS = [
                          train_labels=np.arange(2))], r"object array \(images of mixed shapes"),
     (lambda t: [_folder(t, empty_class=True)], r"class folder 'b' holds no image file"),
     (lambda t: [_folder(t, broken=True)], r"cannot read image .*broken\.jpg"),
-    (lambda t: [_bad_npz(t, train_images=IMAGES, train_labels=np.r_[np.zeros(17, int), 1, 1, 1])],
-     r"class '1' has 3 example\(s\), fewer than the 5 folds"),
+    (lambda t: [_bad_npz(t, train_images=IMAGES, train_labels=np.r_[np.zeros(17, int), 1, 1, 1]),
+                "--detector=cl"], r"class '1' has 3 example\(s\), fewer than the 5 folds"),
+    (lambda t: [_bad_npz(t, train_images=IMAGES, train_labels=np.arange(20) % 2)],
+     r"--batch-size 64 exceeds the 20 examples each model trains on"),
     (lambda t: [_folder(t), f"--pred-probs={_probs(t, np.full((12, 3), 1 / 3))}"],
      r"has shape \[12, 3\]; the dataset needs \[12, 2\]"),
     (lambda t: [_folder(t), f"--pred-probs={_probs(t, np.full((12, 2), 0.6))}"],
@@ -208,6 +255,17 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, flags
     assert find_errors.main([*flags, f"--workdir={workdir}", *FAST]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and re.search(message, err[0]), err
+    assert not workdir.exists()
+
+
+def test_a_bad_image_size_is_one_line_exit_2(tmp_path, capsys):
+    workdir = tmp_path / "audit"
+    with pytest.raises(SystemExit) as exit_info:
+        find_errors.main([_folder(tmp_path), "--image-size=0x8", f"--workdir={workdir}"])
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == ("error: argument --image-size: image size '0x8' is not H or HxW (positive "
+                    "integers up to 1024).")  # fmt: skip
     assert not workdir.exists()
 
 

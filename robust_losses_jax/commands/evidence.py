@@ -112,9 +112,19 @@ def verdict(rows: list[dict], ce_best: dict[str, list[float]]) -> list[dict[str,
     return out
 
 
+VERDICT_NOTE = (
+    "F1: mean ± population standard deviation (ddof 0) over the seeds. A loss beats (loses to) "
+    "a reference when its mean is above (below) the reference's by more than twice the larger "
+    "of the two deviations. *CE best epoch* is cross-entropy's highest in-sample F1 over its "
+    "epochs, per seed, picked with the clean labels: an oracle no user has, shown as a bound."
+)
+
+
 def verdict_markdown(entries: list[dict[str, Any]]) -> str:
     """The short table: per noise, protocol and detector, who beats cross-entropy, who loses."""
     lines = [
+        VERDICT_NOTE,
+        "",
         "| noise | protocol / detector | CE final F1 | CE best epoch F1 | beat CE final | "
         "beat CE best epoch | lose to CE final |",
         "|---|---|---|---|---|---|---|",

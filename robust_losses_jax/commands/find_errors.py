@@ -1,22 +1,29 @@
-"""Find the label errors in your own dataset (K-fold training and Confident Learning).
+"""Find the label errors in your own dataset: one model trained with a robust loss, or K folds.
 
     robust-losses find-errors --dataset=npz:my_data.npz --workdir=workdir/audit
     robust-losses find-errors --dataset=folder:path/to/class_folders --model=resnet18
     robust-losses find-errors --dataset=fashion_mnist       # a tfds dataset's own labels
     robust-losses find-errors --dataset=npz:my_data.npz --pred-probs=probs.npy
 
-It trains ``--folds`` fresh models (stacked: one compiled program trains them together), each
-without its fold, and ranks every example by its out-of-sample probability of the given label.
-The runner's flags all apply (``robust-losses run --help``); the defaults here differ:
-nothing injected (``--noise-rate=0``), every example (``--train-size=0``), ``--detector=cl``,
-``--loss=power --gamma=0.5`` (see ``robust_losses_jax.audit.AUDIT_DEFAULTS``); a ``--preset``
-overrides them, and the flags typed override both.
+By default (``--detector=pt --loss=gce --epochs=8``) it trains one model with the gce loss,
+which learns the clean labels and barely the wrong ones, flags every example whose given label
+it disputes (predicts another class) and ranks all by their probability of the given label.
+``--detector=cl`` trains ``--folds`` fresh models instead (stacked: one compiled program), each
+without its fold, and flags by Confident Learning on the out-of-sample probabilities: K-1
+times the compute (4 at 5 folds), and it flagged worse on the measured settings (the
+``--help`` epilog and docs/detection.md).
+The runner's flags all apply (``robust-losses run --help``); the defaults here differ: nothing
+injected (``--noise-rate=0``), every example (``--train-size=0``), and the three above (see
+``robust_losses_jax.audit.AUDIT_DEFAULTS``); a ``--preset`` overrides them, the flags typed
+override both. The last lines say how well the model fits the given labels (in-sample, and held
+out: the test split or the out-of-fold predictions) and warn (``warning:``) where the flags
+cannot be trusted.
 
-Writes into ``--workdir``: ``label_issues.csv`` (one row per example, most suspect first),
-``pred_probs.npy`` (``[N, C]`` out-of-sample), ``label_issues.png`` (the top suspects),
-``summary.json``, and the run's own files (``config.json``, ``predictions.npz``, fold outputs,
-checkpoints: ``--resume`` continues a killed audit). Bad input: one ``error:`` line, exit code 2,
-nothing written.
+Writes into ``--workdir``: ``label_issues.csv`` (one row per example, most suspect first;
+cleanlab's column names), ``pred_probs.npy`` (``[N, C]``: in-sample for ``pt``, out-of-sample
+for ``cl``), ``label_issues.png`` (the top suspects), ``summary.json``, and the run's own
+files (``config.json``, ``predictions.npz``, fold outputs, checkpoints: ``--resume`` continues a
+killed audit). Bad input: one ``error:`` line, exit code 2, nothing written.
 """
 
 from __future__ import annotations
@@ -100,12 +107,30 @@ def load_pred_probs(path: str, num_examples: int, num_classes: int):
     return probs
 
 
-def audit_summary(issues, cfg, *, dataset: str, seconds: float, run_summary: dict | None) -> dict:
+def fit_report(issues, cfg, run_summary: dict | None):
+    """The audit's :class:`audit_guards.FitReport` (``cfg`` None: probabilities were given)."""
+    from robust_losses_jax import audit_guards
+
+    return audit_guards.fit_report(
+        issues.given_label, issues.predicted_label, issues.is_label_issue,
+        cfg=None if run_summary is None else cfg,
+        out_of_sample=run_summary is None or cfg.detector == "cl",
+        test_accuracy=None if run_summary is None else run_summary["test_accuracy"],
+    )  # fmt: skip
+
+
+def audit_summary(
+    issues, cfg, fit, *, dataset: str, seconds: float, run_summary: dict | None
+) -> dict:
+    from robust_losses_jax import audit_guards
+
     names = issues.class_names
     return {
         "dataset": dataset,
         "examples": len(issues.given_label),
-        "flagged": issues.num_issues,
+        "num_label_issues": issues.num_label_issues,
+        "warnings": audit_guards.audit_warnings(fit),
+        "fit": fit.to_json(),
         "estimated_noise_rate": issues.estimated_noise_rate,
         "estimated_noise_rate_per_class": dict(
             zip(names, issues.noise_rate_per_class.tolist(), strict=True)
@@ -134,6 +159,7 @@ def load_inputs(args, workdir: Path):
         raise ValueError(f"--top {args.top} must be >= 1.")
     cfg = build_config(args)
     config_lib.validate(cfg, num_devices=jax.device_count())
+    noisy_data.check_noise(cfg)
     if not user_data.is_user_dataset(cfg.dataset):  # Loading checks the user's own.
         input_pipeline.check_dataset(cfg.dataset, args.data_dir)
     train, test = noisy_data.load_splits(cfg, args.data_dir)
@@ -147,7 +173,7 @@ def load_inputs(args, workdir: Path):
                 f"workdir {workdir} already holds an audit; pass --overwrite to replace it."
             )
     else:
-        audit.check_folds(train, cfg)
+        audit.check_settings(train, cfg)
         experiment.check_workdir(cfg, workdir, resume=args.resume, overwrite=args.overwrite)
     return cfg, train, test, probs
 
@@ -166,7 +192,7 @@ def write_outputs(workdir: Path, cfg, images, issues, top: int) -> None:
     report.label_issues_grid(
         images, issues, workdir / "label_issues.png", top,
         title=f"{cfg.dataset}: the {min(top, len(images))} most suspect labels "
-        f"(red: flagged by Confident Learning)",
+        f"(red: flagged)",
     )  # fmt: skip
 
 
@@ -175,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     cli.prepare_process(argv)
     args = build_parser().parse_args(argv)
     start = time.perf_counter()
-    from robust_losses_jax import audit, experiment, input_pipeline, records
+    from robust_losses_jax import audit, experiment, input_pipeline, records, user_data
     from robust_losses_jax.training import checkpoints, loop
 
     run.xla_setup.enable_compilation_cache(args.compilation_cache)
@@ -205,21 +231,37 @@ def main(argv: list[str] | None = None) -> int:
         issues = audit.issues_from_run(workdir, cfg, names)
     if not records.is_writer():
         return 0
+    if cfg.dataset.startswith(user_data.FOLDER_PREFIX):
+        paths = user_data.folder_paths(cfg.dataset.removeprefix(user_data.FOLDER_PREFIX))
+        issues = dataclasses.replace(issues, paths=paths[: len(train)])
     write_outputs(workdir, cfg, train.images, issues, args.top)
-    seconds = time.perf_counter() - start
+    fit = fit_report(issues, cfg, run_summary)
     summary = audit_summary(
-        issues, cfg, dataset=cfg.dataset, seconds=seconds, run_summary=run_summary
-    )
+        issues, cfg, fit, dataset=cfg.dataset, seconds=time.perf_counter() - start,
+        run_summary=run_summary,
+    )  # fmt: skip
     records.write_json(workdir / "summary.json", summary)
-    test_text = (
-        "" if summary["test_accuracy"] is None else f"; test acc {summary['test_accuracy']:.4f}"
-    )
-    print(
-        f"{cfg.dataset}: {issues.num_issues} of {len(train)} labels flagged (estimated noise "
-        f"rate {issues.estimated_noise_rate:.1%}){test_text}; ranked in "
-        f"{workdir / 'label_issues.csv'} ({seconds:.0f} s)"
-    )
+    print_result(summary, fit, workdir / "label_issues.csv", issues.estimated_noise_rate)
     return 0
+
+
+def print_result(summary: dict, fit, csv_path: Path, noise_rate: float) -> None:
+    """The audit's last lines: what was flagged, how well the model fits, the warnings."""
+    print(
+        f"{summary['dataset']}: {summary['num_label_issues']} of {summary['examples']} labels "
+        f"flagged (estimated noise rate {noise_rate:.1%}); ranked in {csv_path} "
+        f"({summary['seconds']:.0f} s)"
+    )
+    heldout = (
+        "no held-out labels (no test split)" if fit.heldout_accuracy is None
+        else f"{fit.heldout_accuracy:.3f} held out ({fit.heldout_source})"
+    )  # fmt: skip
+    trained = "" if fit.loss is None else (
+        f"; trained {fit.ce_epochs} epoch(s) of cross-entropy, {fit.robust_epochs} of {fit.loss}"
+    )  # fmt: skip
+    print(f"fit: accuracy on the given labels {fit.given_accuracy:.3f}, {heldout}{trained}")
+    for line in summary["warnings"]:
+        print(f"warning: {line}")
 
 
 if __name__ == "__main__":
