@@ -12,6 +12,13 @@ detection F1 (mean over seeds) with cross-entropy's:
   it is a bound no user can reach). Only for the in-sample protocol, whose epochs are tracked;
 - *loses*: below cross-entropy's final mean by more than twice the spread.
 
+Then, across protocols, every comparison the README states (:data:`COMPARISONS`: in-sample
+losses against 5-fold Confident Learning, against each other, against the oracle best epoch;
+AUM; tau=auto) by the same rule: *beats*, *loses* or *level*. The README quotes that table, and
+a test keeps the two equal. ``robust-losses evidence docs/results/seeds --no-plots`` rewrites
+the committed verdict from ``results.csv`` and ``ce_best_epoch.json`` (cross-entropy's best
+epoch, saved because the runs themselves are not committed).
+
 A cell needs at least two seeds on each side for a verdict. Plots: detection F1 per epoch with
 seed bands (min-max over seeds around the mean), a heatmap of F1 (loss x noise) per detector,
 and F1 against gamma and tau (``report.f1_against``).
@@ -20,6 +27,7 @@ and F1 against gamma and tau (``report.f1_against``).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import sys
 from collections import defaultdict
@@ -33,6 +41,7 @@ from robust_losses_jax.commands import cli, report
 
 CE = ("ce", "cross_entropy")
 MIN_SEEDS = 2
+CE_BEST_FILE = "ce_best_epoch.json"
 
 
 def loss_label(loss: str, hparams: str | dict) -> str:
@@ -67,16 +76,35 @@ def ce_best_epoch(workdir: Path) -> dict[str, list[float]]:
     return dict(best)
 
 
-def _stats(values: list[float]) -> tuple[float, float, int]:
+Stats = tuple[float, float, int]  # Mean, population std (ddof 0), number of seeds.
+
+
+def _stats(values: list[float]) -> Stats:
     return float(np.mean(values)), float(np.std(values)), len(values)
 
 
-def verdict(rows: list[dict], ce_best: dict[str, list[float]]) -> list[dict[str, Any]]:
+def best_epoch_stats(ce_best: dict[str, list[float]]) -> dict[str, Stats]:
+    """``{noise: (mean, std, seeds)}`` of :func:`ce_best_epoch`'s per-seed values."""
+    return {noise: _stats(values) for noise, values in ce_best.items()}
+
+
+def read_best_epoch_stats(workdir: Path) -> dict[str, Stats]:
+    """Cross-entropy's best epoch per noise: from the runs in ``workdir`` where they are, else
+    from its ``ce_best_epoch.json`` (what :func:`main` wrote; ``{}`` without either)."""
+    stats = best_epoch_stats(ce_best_epoch(workdir))
+    saved = Path(workdir) / CE_BEST_FILE
+    if stats or not saved.exists():
+        return stats
+    return {k: (v["mean"], v["std"], v["seeds"]) for k, v in json.loads(saved.read_text()).items()}
+
+
+def verdict(rows: list[dict], ce_best: dict[str, Stats]) -> list[dict[str, Any]]:
     """One entry per (noise, protocol, detector, loss other than CE) with the comparison.
 
-    ``rows``: ``results.csv`` rows (one per run and detector). Each entry: ``noise``,
-    ``protocol``, ``detector``, ``loss``, ``f1``/``std``/``seeds``, cross-entropy's final
-    (``ce_f1``, ``ce_std``) and best epoch (``ce_best``, ``ce_best_std``; None outside pt), and
+    ``rows``: ``results.csv`` rows (one per run and detector); ``ce_best``: cross-entropy's best
+    epoch per noise (:func:`best_epoch_stats`). Each entry: ``noise``, ``protocol``,
+    ``detector``, ``loss``, ``f1``/``std``/``seeds``, cross-entropy's final (``ce_f1``,
+    ``ce_std``) and best epoch (``ce_best``, ``ce_best_std``; None outside pt), and
     ``beats_final``, ``beats_best``, ``loses``: True/False, or None without enough seeds.
     """
     groups: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
@@ -91,7 +119,7 @@ def verdict(rows: list[dict], ce_best: dict[str, list[float]]) -> list[dict[str,
             continue
         ce_f1, ce_std, ce_seeds = _stats(by_loss["ce"])
         best = ce_best.get(noise) if protocol == "pt" else None
-        best_f1, best_std, best_seeds = _stats(best) if best else (None, None, 0)
+        best_f1, best_std, best_seeds = best if best else (None, None, 0)
         for loss, values in sorted(by_loss.items()):
             if loss == "ce":
                 continue
@@ -150,6 +178,139 @@ def verdict_markdown(entries: list[dict[str, Any]]) -> str:
             f"| {noise} | {protocol} / {detector} | {first['ce_f1']:.3f} ± {first['ce_std']:.3f} "
             f"| {best} | {names('beats_final')} | {names('beats_best')} | {names('loses')} |"
         )
+    return "\n".join(lines) + "\n"
+
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+    """One side of a comparison: what ran (``protocol``, ``detector``) with which loss.
+
+    ``loss``: a :func:`loss_label` (``"gce q=0.7"``), ``"ce"``, :data:`BEST_LOSS` (the highest
+    mean over the losses run there, named in the cell) or :data:`CE_BEST_EPOCH` (the oracle).
+    """
+
+    name: str
+    protocol: str
+    detector: str
+    loss: str
+
+
+COMPARISONS_HEADING = (
+    "Across protocols, each comparison the README states, by the same rule (mean ± population "
+    "std over the seeds; *its best loss*: the highest mean among the losses run there):"
+)
+BEST_LOSS = "best loss"
+CE_BEST_EPOCH = "ce best epoch"
+IN_SAMPLE = ("pt", "argmax_neq_given")
+K_FOLD_CL = ("cl", "confident_learning")
+GCE = Arm("in-sample gce", *IN_SAMPLE, "gce q=0.7")
+SCE = Arm("in-sample sce", *IN_SAMPLE, "sce alpha=0.1,beta=1,label_clamp=0.0001")
+CUTOFF = Arm("in-sample cutoff τ=0.1", *IN_SAMPLE, "cutoff tau=0.1")
+POWER = Arm("in-sample power γ=0.5", *IN_SAMPLE, "power gamma=0.5")
+CL_BEST = Arm("5-fold CL (its best loss)", *K_FOLD_CL, BEST_LOSS)
+ORACLE = Arm("CE best epoch (oracle: clean labels)", *IN_SAMPLE, CE_BEST_EPOCH)
+
+# Every comparison the README states: (left, right, metric).
+COMPARISONS: tuple[tuple[Arm, Arm, str], ...] = (
+    (GCE, CL_BEST, "f1"),
+    (SCE, CL_BEST, "f1"),
+    (CUTOFF, CL_BEST, "f1"),
+    (POWER, CL_BEST, "f1"),
+    (GCE, CL_BEST, "precision_at_k"),
+    (CUTOFF, GCE, "f1"),
+    (CUTOFF, SCE, "f1"),
+    (GCE, ORACLE, "f1"),
+    (CUTOFF, ORACLE, "f1"),
+    (POWER, ORACLE, "f1"),
+    (Arm("AUM cutoff τ=0.1", "aum", "aum", "cutoff tau=0.1"),
+     Arm("in-sample cutoff τ=0.05", *IN_SAMPLE, "cutoff tau=0.05"), "f1"),
+    *((Arm("in-sample cutoff τ=auto", *IN_SAMPLE, "cutoff tau=auto"),
+       Arm(f"in-sample cutoff τ={tau}", *IN_SAMPLE, f"cutoff tau={tau}"), "f1")
+      for tau in ("0.05", "0.1", "0.2")),
+    *((Arm("5-fold CL, power γ=0.5", *K_FOLD_CL, "power gamma=0.5"),
+       Arm("5-fold CL, cross-entropy", *K_FOLD_CL, "ce"), metric)
+      for metric in ("f1", "precision_at_k")),
+    (Arm("in-sample focal γ=2", *IN_SAMPLE, "focal gamma=2"),
+     Arm("in-sample cross-entropy, final", *IN_SAMPLE, "ce"), "f1"),
+)  # fmt: skip
+
+
+def compare(left: Stats | None, right: Stats | None) -> str:
+    """``beats`` / ``loses`` (mean gap over twice the larger std), ``level``, or ``n/a``."""
+    if left is None or right is None or min(left[2], right[2]) < MIN_SEEDS:
+        return "n/a"
+    gap, margin = left[0] - right[0], 2 * max(left[1], right[1])
+    return "beats" if gap > margin else "loses" if -gap > margin else "level"
+
+
+def _arm_stats(
+    arm: Arm, noise: str, metric: str, groups: dict, ce_best: dict[str, Stats]
+) -> tuple[Stats | None, str]:
+    """The arm's stats at ``noise`` and the loss they are of."""
+    if arm.loss == CE_BEST_EPOCH:
+        return (ce_best.get(noise) if metric == "f1" else None), CE_BEST_EPOCH
+    by_loss = groups.get((noise, arm.protocol, arm.detector, metric), {})
+    if arm.loss == BEST_LOSS:
+        if not by_loss:
+            return None, BEST_LOSS
+        loss = max(by_loss, key=lambda k: np.mean(by_loss[k]))
+        return _stats(by_loss[loss]), loss
+    return (_stats(by_loss[arm.loss]) if arm.loss in by_loss else None), arm.loss
+
+
+def comparisons(rows: list[dict], ce_best: dict[str, Stats]) -> list[dict[str, Any]]:
+    """Each of :data:`COMPARISONS` at each noise setting: the two arms' mean/std/seeds, the
+    loss each stands for, and ``verdict`` (:func:`compare`)."""
+    groups: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        name = "ce" if row["loss"] in CE else loss_label(row["loss"], row["hparams"])
+        for metric in ("f1", "precision_at_k"):
+            if row.get(metric) not in ("", None):
+                key = (noise_label(row), row["protocol"], row["detector"], metric)
+                groups[key][name].append(float(row[metric]))
+    noises = sorted({noise_label(row) for row in rows}, key=_noise_order)
+    out = []
+    for left, right, metric in COMPARISONS:
+        for noise in noises:
+            (a, a_loss), (b, b_loss) = (_arm_stats(arm, noise, metric, groups, ce_best)
+                                        for arm in (left, right))  # fmt: skip
+            out.append({
+                "left": left.name, "right": right.name, "metric": metric, "noise": noise,
+                "left_loss": a_loss, "right_loss": b_loss, "left_stats": a, "right_stats": b,
+                "right_picked": right.loss == BEST_LOSS, "verdict": compare(a, b),
+            })  # fmt: skip
+    return out
+
+
+def _noise_order(noise: str) -> tuple[bool, float]:
+    kind, rate = noise.split()
+    return kind != "symmetric", float(rate)
+
+
+def _f(x: float) -> str:
+    return f"{x:.3f}".removeprefix("0")
+
+
+def _cell(entry: dict[str, Any]) -> str:
+    a, b = entry["left_stats"], entry["right_stats"]
+    if a is None or b is None:
+        return "not run"
+    text = f"{entry['verdict']}: {_f(a[0])} ± {_f(a[1])} against {_f(b[0])} ± {_f(b[1])}"
+    return text + (f" ({entry['right_loss']})" if entry["right_picked"] else "")
+
+
+def comparisons_markdown(entries: list[dict[str, Any]]) -> str:
+    """One row per comparison, one column per noise setting; each cell the verdict and both
+    means ± std, or ``not run``."""
+    noises = sorted({e["noise"] for e in entries}, key=_noise_order)
+    lines = ["| comparison (F1 unless named) | " + " | ".join(noises) + " |",
+             "|---|" + "---|" * len(noises)]  # fmt: skip
+    rows: dict[tuple, dict[str, dict]] = defaultdict(dict)
+    for e in entries:
+        rows[(e["left"], e["right"], e["metric"])][e["noise"]] = e
+    for (left, right, metric), by_noise in rows.items():
+        name = f"{left} vs {right}" + ("" if metric == "f1" else f", {metric.replace('_', ' ')}")
+        lines.append(f"| {name} | " + " | ".join(_cell(by_noise[n]) for n in noises) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -228,6 +389,7 @@ def f1_heatmaps(rows: list[dict], out: Path) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     parser = cli.Parser(prog="robust-losses evidence", description=__doc__.splitlines()[0])
     parser.add_argument("workdir", help="a sweep's workdir (holds results.csv)")
+    parser.add_argument("--no-plots", action="store_true", help="write the tables only")
     args = parser.parse_args(argv)
     workdir = Path(args.workdir)
     results = workdir / "results.csv"
@@ -235,10 +397,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {workdir} holds no results.csv (run robust-losses sweep)", file=sys.stderr)
         return 2
     rows = read_rows(results)
-    entries = verdict(rows, ce_best_epoch(workdir))
-    text = verdict_markdown(entries)
+    ce_best = read_best_epoch_stats(workdir)
+    entries, compared = verdict(rows, ce_best), comparisons(rows, ce_best)
+    text = f"{verdict_markdown(entries)}\n{COMPARISONS_HEADING}\n\n{comparisons_markdown(compared)}"
     records.atomic_write(workdir / "verdict.md", lambda f: f.write(text))
     records.write_json(workdir / "verdict.json", entries)
+    records.write_json(workdir / "comparisons.json", compared)
+    best = {k: {"mean": v[0], "std": v[1], "seeds": v[2]} for k, v in ce_best.items()}
+    records.write_json(workdir / CE_BEST_FILE, best)
+    if args.no_plots:
+        print(workdir / "verdict.md")
+        return 0
     out = workdir / "plots"
     out.mkdir(exist_ok=True)
     written = [f1_per_epoch_bands(workdir, out), *f1_heatmaps(rows, out)]
