@@ -43,6 +43,7 @@ setup(
         "absl-py",
         "tqdm",
         "matplotlib",
+        "pillow",  # folder:PATH datasets.
         "importlib_resources",  # tfds needs it to prepare datasets.
         "scikit-learn",  # sklearn_digits, a tiny offline dataset.
     ],

@@ -26,5 +26,5 @@ audit60k() {  # name, flags...
 }
 
 audit60k gce_e12 --detector=pt --loss=gce --epochs=12
-audit60k default  # The audit's defaults (gce, 8 epochs), timed end to end.
+audit60k default  # The audit's defaults (gce, 10 epochs), timed end to end.
 audit60k cutoff_e12 --detector=pt --loss=cutoff --tau=0.1 --epochs=12

@@ -30,6 +30,7 @@ import numpy as np
 
 from robust_losses_jax import config as config_lib
 from robust_losses_jax import detection
+from robust_losses_jax.protocols import in_sample
 
 # The audit's defaults where they differ from the runner's (``config.Config``): nothing
 # injected, every example, and the detector the project's measurements pick per unit of compute:
@@ -40,7 +41,8 @@ AUDIT_DEFAULTS: dict[str, Any] = {
     "train_size": None,
     "detector": "pt",
     "loss": "gce",
-    "epochs": 8,
+    "epochs": 10,
+    "holdout": None,  # Auto: a tenth held out where the dataset has no test split.
     "loss_hparams": {},
 }
 # cleanlab's ``Datalab.get_issues("label")`` columns first, then this project's; ``path`` only
@@ -70,6 +72,8 @@ class LabelIssues:
       estimated_noise_rate: the same over the whole dataset.
       class_names: ``C`` names (``str(k)`` where none are known).
       paths: ``N`` file paths relative to the dataset's folder, or None (arrays).
+      is_held_out: bool ``[N]``: the examples the one model did not train on (``--holdout``;
+        their ``pred_probs`` are out-of-sample), or None.
     """
 
     given_label: np.ndarray
@@ -83,6 +87,7 @@ class LabelIssues:
     estimated_noise_rate: float
     class_names: tuple[str, ...]
     paths: tuple[str, ...] | None = None
+    is_held_out: np.ndarray | None = None
 
     @property
     def num_label_issues(self) -> int:
@@ -93,8 +98,8 @@ class LabelIssues:
         return self.ranking[:k]
 
     def columns(self) -> dict[str, np.ndarray]:
-        """The table's columns (:data:`CSV_COLUMNS`, then ``path`` where known), rows most
-        suspect first: ``[N]`` each."""
+        """The table's columns (:data:`CSV_COLUMNS`, then ``held_out`` and ``path`` where
+        known), rows most suspect first: ``[N]`` each."""
         order = self.ranking
         given, predicted = self.given_label[order], self.predicted_label[order]
         names = np.asarray(self.class_names, dtype=object)
@@ -109,6 +114,8 @@ class LabelIssues:
             "given_name": names[given],
             "predicted_name": names[predicted],
         }
+        if self.is_held_out is not None:
+            table["held_out"] = self.is_held_out[order].astype(bool)
         if self.paths is not None:
             table["path"] = np.asarray(self.paths, dtype=object)[order]
         return table
@@ -268,7 +275,7 @@ def find_label_issues(
         test = input_pipeline.Split(test_images, np.asarray(test_labels, np.int32), num_classes,
                                     names)  # fmt: skip
     cfg = config or audit_config(dataset="arrays")
-    check_settings(train, cfg)
+    check_settings(train, cfg, num_test=len(test.labels))
     with tempfile.TemporaryDirectory() as scratch:
         run_dir = Path(workdir) if workdir is not None else Path(scratch)
         experiment.train_and_evaluate(
@@ -285,10 +292,12 @@ def issues_from_run(run_dir: Path, cfg: config_lib.Config, class_names: Sequence
             flags = pred["is_flagged_aum"]
         elif cfg.detector == "pt":  # The in-sample protocol's own: another class predicted.
             flags = pred["pred"] != pred["given_label"]
-        return rank_label_issues(
+        issues = rank_label_issues(
             pred["given_label"], pred["probs"], filter_by=cfg.cl_filter_by,
             margin=pred["margin"], is_label_issue=flags, class_names=class_names,
         )  # fmt: skip
+        held = pred["is_held_out"] if "is_held_out" in pred.files else None
+        return dataclasses.replace(issues, is_held_out=held)
 
 
 def check_training_split(split: Any, *, where: str) -> None:
@@ -312,11 +321,13 @@ def check_training_split(split: Any, *, where: str) -> None:
         )
 
 
-def check_settings(split: Any, cfg: config_lib.Config) -> None:
+def check_settings(split: Any, cfg: config_lib.Config, *, num_test: int = 0) -> None:
     """Refuse (one ``ValueError`` line) settings the split cannot train: for K-fold Confident
     Learning a class with fewer examples than ``cfg.folds``; a batch larger than the examples
-    each model trains on."""
+    each model trains on (``num_test``: the test split's size, which decides ``--holdout=auto``)."""
     per_model = len(split.labels)
+    if cfg.detector == "pt":
+        per_model -= round(in_sample.holdout_fraction(cfg, num_test) * per_model)
     if cfg.detector == "cl":
         counts = np.bincount(split.labels, minlength=split.num_classes)
         small = [k for k in range(split.num_classes) if 0 < counts[k] < cfg.folds]

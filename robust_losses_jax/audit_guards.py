@@ -33,12 +33,13 @@ class FitReport:
       examples: audited examples.
       flagged_share: the fraction flagged.
       given_accuracy: agreement of the model's predictions with the given labels on the audited
-        examples: in-sample for one model (``pt``, ``aum``), out-of-fold for ``cl`` and for
-        ``--pred-probs``.
+        examples it trained on: in-sample for one model (``pt``, ``aum``), out-of-fold for
+        ``cl`` and for ``--pred-probs``.
       heldout_accuracy: accuracy on given labels the model never trained on (the out-of-fold
-        predictions, or the test split), None where there are none.
-      heldout_source: where ``heldout_accuracy`` comes from: ``"out-of-fold"``, ``"test split"``
-        or ``"none"``.
+        predictions, the held-out slice of ``--holdout``, or the test split), None where there
+        are none.
+      heldout_source: where ``heldout_accuracy`` comes from: ``"out-of-fold"``, ``"slice of
+        the given labels"``, ``"test split"`` or ``"none"``.
       loss: the training loss's canonical name (None: probabilities given, nothing trained).
       ce_epochs: epochs of cross-entropy that ran before the robust loss (all of them for CE).
       robust_epochs: epochs that ran with the robust loss.
@@ -73,6 +74,7 @@ def fit_report(
     cfg: config_lib.Config | None,
     out_of_sample: bool,
     test_accuracy: float | None = None,
+    is_held_out: np.ndarray | None = None,
 ) -> FitReport:
     """The :class:`FitReport` of an audit.
 
@@ -81,10 +83,16 @@ def fit_report(
       cfg: the audit's config; None when the probabilities were given (nothing trained).
       out_of_sample: whether the predictions are out-of-sample (K folds, or given probabilities).
       test_accuracy: accuracy on the test split's labels, where there is one.
+      is_held_out: ``[N]`` bool, the examples one model did not train on (``--holdout``); their
+        accuracy is the held-out one (preferred to the test split's: the same labels' kind).
     """
-    agree = float(np.mean(given_label == predicted_label)) if len(given_label) else 0.0
+    held = np.zeros(len(given_label), bool) if is_held_out is None else np.asarray(is_held_out)
+    correct = given_label == predicted_label
+    agree = float(np.mean(correct[~held])) if (~held).any() else 0.0
     if out_of_sample:
         heldout, source = agree, "out-of-fold"
+    elif held.any():
+        heldout, source = float(np.mean(correct[held])), "slice of the given labels"
     elif test_accuracy is not None:
         heldout, source = float(test_accuracy), "test split"
     else:
@@ -123,7 +131,8 @@ def audit_warnings(fit: FitReport) -> list[str]:
             f"{PLAUSIBLE_FLAGGED_SHARE:.0%}: more likely a model that has not learned the classes "
             "than that many wrong labels."
         )
-    gap = None if fit.heldout_source != "test split" else fit.given_accuracy - fit.heldout_accuracy
+    one_model = fit.heldout_source in ("slice of the given labels", "test split")
+    gap = fit.given_accuracy - fit.heldout_accuracy if one_model else None
     if gap is not None and gap > MEMORISED_GAP:
         found.append(
             f"the model memorised its labels: {fit.given_accuracy:.3f} accuracy on the given "

@@ -114,6 +114,16 @@ def _size_or_none(text: str) -> int | None:
         raise ValueError(f"invalid int value: {text!r}") from None
 
 
+def _fraction_or_auto(text: str) -> float | None:
+    """``--holdout``: a fraction, or ``auto`` (None)."""
+    if text == "auto":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"invalid value: {text!r} (a fraction such as 0.1, or auto)") from None
+
+
 def _matrix_file(path: str) -> tuple[tuple[float, ...], ...]:
     """``--transition``: a JSON file holding a [C, C] matrix (:func:`validate` checks its rows)."""
     text = Path(path).read_text()  # OSError names the file.
@@ -237,6 +247,16 @@ class Config:
         choices=DETECTORS,
     )
     folds: int = flag(5, "detection", "cl: folds (fresh models, each without its fold)")
+    # pt: a random slice of the given labels kept out of training and predicted out-of-sample,
+    # so that how well the model generalises is known without a clean test split.
+    holdout: float | None = flag(
+        0.0,
+        "detection",
+        "pt: fraction of the given labels held out of training (still audited, out-of-sample); "
+        "their accuracy tells underfitting and memorising apart",
+        parse=_fraction_or_auto,
+        none="auto: 0.1 when the dataset has no test split, else 0",
+    )
     cl_filter_by: str = flag(
         "prune_by_noise_rate",
         "detection",
@@ -391,6 +411,10 @@ def validate(config: Config, *, num_devices: int) -> None:
         (config.checkpoint_min_interval >= 0,
          f"checkpoint min interval {config.checkpoint_min_interval} s: must be >= 0"),
         (config.folds >= 2, f"folds {config.folds} must be >= 2"),
+        (config.holdout is None or 0.0 <= config.holdout <= 0.5,
+         f"holdout {config.holdout} must be in [0, 0.5] or auto"),
+        (not config.holdout or config.detector == "pt",
+         f"holdout {config.holdout} is for --detector=pt (cl and aum hold out their own)"),
         (0.0 < config.aum_percentile <= 100.0,
          f"aum percentile {config.aum_percentile} must be in (0, 100]"),
         (config.lr > 0, f"learning rate {config.lr} must be > 0"),

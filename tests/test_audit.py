@@ -175,7 +175,8 @@ def test_find_label_issues_refuses_bad_arrays():
         audit.find_label_issues(images, np.zeros(12))
     with pytest.raises(ValueError, match=r"12 images but labels of shape \[11\]"):
         audit.find_label_issues(images, np.arange(11) % 2)
-    with pytest.raises(ValueError, match=r"--batch-size 128 exceeds the 12 examples each model"):
+    # No test split: a tenth is held out (--holdout=auto), so the model trains on 11 of the 12.
+    with pytest.raises(ValueError, match=r"--batch-size 128 exceeds the 11 examples each model"):
         audit.find_label_issues(images, np.arange(12) % 2)
     kfold = audit.audit_config(detector="cl", batch_size=4)
     with pytest.raises(ValueError, match=r"class '1' has 2 example\(s\), fewer than the 5 folds"):

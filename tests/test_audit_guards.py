@@ -6,12 +6,14 @@ import pytest
 from robust_losses_jax import audit_guards, config
 
 
-def report(cfg=None, *, given, predicted, flagged=None, out_of_sample=False, test_accuracy=None):
+def report(cfg=None, *, given, predicted, flagged=None, out_of_sample=False, test_accuracy=None,
+           held_out=None):  # fmt: skip
     given, predicted = np.asarray(given), np.asarray(predicted)
     flagged = given != predicted if flagged is None else np.asarray(flagged)
     return audit_guards.fit_report(
-        given, predicted, flagged, cfg=cfg, out_of_sample=out_of_sample, test_accuracy=test_accuracy
-    )
+        given, predicted, flagged, cfg=cfg, out_of_sample=out_of_sample,
+        test_accuracy=test_accuracy, is_held_out=held_out,
+    )  # fmt: skip
 
 
 def labels_agreeing(share, n=100):
@@ -74,3 +76,19 @@ def test_a_memorising_model_is_named():
     # Without held-out labels nothing can be judged of it, and nothing is claimed.
     fit = report(config.Config(loss="ce", epochs=30), given=given, predicted=predicted)
     assert fit.heldout_source == "none" and audit_guards.audit_warnings(fit) == []
+
+
+def test_a_held_out_slice_is_the_held_out_accuracy_and_judges_memorising():
+    given, predicted = labels_agreeing(1.0)
+    predicted[:20] = (given[:20] + 1) % 10  # Wrong on every held-out example, right elsewhere.
+    held_out = np.arange(100) < 25
+    fit = report(config.Config(loss="ce", epochs=30), given=given, predicted=predicted,
+                 test_accuracy=0.99, held_out=held_out)  # fmt: skip
+    # In-sample over the 75 trained on; held out over the slice, preferred to the test split.
+    assert fit.given_accuracy == 1.0 and fit.heldout_accuracy == pytest.approx(5 / 25)
+    assert fit.heldout_source == "slice of the given labels"
+    lines = audit_guards.audit_warnings(fit)
+    assert [line.split(":")[0] for line in lines] == [
+        "the model underfits",
+        "the model memorised its labels",
+    ]

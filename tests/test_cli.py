@@ -234,7 +234,8 @@ def test_find_errors_layers_its_defaults_under_the_preset():
         "detector": "pt",
         "train_size": None,
         "loss": "gce",
-        "epochs": 8,
+        "epochs": 10,
+        "holdout": None,
         "loss_hparams": {},
     }
     assert find_errors_config([]) == config_lib.Config(**audit)

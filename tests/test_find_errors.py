@@ -55,7 +55,7 @@ def test_npz_audit_writes_every_output_and_finds_the_planted_errors(tmp_path, di
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 2 and "labels flagged" in out[0]
     assert out[1].startswith("fit: accuracy on the given labels 0.") and "(test split)" in out[1]
-    assert out[1].endswith("trained 0 epoch(s) of cross-entropy, 8 of gce")
+    assert out[1].endswith("trained 0 epoch(s) of cross-entropy, 10 of gce")
     rows = read_csv(workdir)
     assert len(rows) == 1500 and [int(r["rank"]) for r in rows] == list(range(1500))
     quality = [float(r["label_score"]) for r in rows]
@@ -82,6 +82,31 @@ def test_npz_audit_writes_every_output_and_finds_the_planted_errors(tmp_path, di
     strict_json(workdir / "config.json")
     for line in (workdir / "metrics.jsonl").read_text().splitlines():
         json.loads(line, parse_constant=lambda c: pytest.fail(f"metrics.jsonl holds {c}"))
+
+
+@pytest.mark.slow
+def test_without_a_test_split_a_tenth_is_held_out_and_still_audited(tmp_path, capsys):
+    train = input_pipeline.load_split("sklearn_digits", "train")
+    path = tmp_path / "no_test.npz"
+    np.savez(path, train_images=train.images[..., 0], train_labels=train.labels)
+    workdir = tmp_path / "audit"
+    assert find_errors.main([f"--dataset=npz:{path}", f"--workdir={workdir}", "--epochs=4",
+                             *FAST]) == 0  # fmt: skip
+    fit_line = capsys.readouterr().out.strip().splitlines()[1]
+    assert "held out (slice of the given labels)" in fit_line
+    rows = read_csv(workdir)
+    assert len(rows) == 1500 and sum(r["held_out"] == "True" for r in rows) == 150
+    summary = strict_json(workdir / "summary.json")
+    assert summary["run"]["heldout_examples"] == 150
+    held = {int(r["index"]) for r in rows if r["held_out"] == "True"}
+    agree = np.mean([r["given_label"] == r["predicted_label"] for r in rows
+                     if int(r["index"]) in held])  # fmt: skip
+    assert summary["fit"]["heldout_accuracy"] == pytest.approx(agree)
+    # The same seed holds out the same slice.
+    again = tmp_path / "again"
+    assert find_errors.main([f"--dataset=npz:{path}", f"--workdir={again}", "--epochs=4",
+                             *FAST]) == 0  # fmt: skip
+    assert {int(r["index"]) for r in read_csv(again) if r["held_out"] == "True"} == held
 
 
 @pytest.mark.slow
@@ -177,13 +202,18 @@ def test_pred_probs_skip_training_and_rank_as_the_library_does(tmp_path, digits_
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    "detector, epochs, epochs_before_kill",
+    [("pt", 12, 2), ("cl", 6, 2 * 5)],  # The one in-sample model; 5 folds, 2 epochs of each.
+)
 def test_sigkill_then_resume_matches_an_uninterrupted_audit(
-    tmp_path, digits_npz, sigkill_after_lines
+    tmp_path, digits_npz, sigkill_after_lines, detector, epochs, epochs_before_kill
 ):
     path, _ = digits_npz
-    flags = [f"--dataset=npz:{path}", "--epochs=6", "--batch-size=16", *FAST[:1], *FAST[2:]]
+    flags = [f"--dataset=npz:{path}", f"--detector={detector}", f"--epochs={epochs}",
+             "--batch-size=16", *FAST[:1], *FAST[2:]]  # fmt: skip
     killed = tmp_path / "killed"
-    sigkill_after_lines("experiments.find_errors", flags, killed, 2 * 5)  # 2 epochs x 5 folds.
+    sigkill_after_lines("experiments.find_errors", flags, killed, epochs_before_kill)
     assert not (killed / "label_issues.csv").exists()
     assert find_errors.main([*flags, f"--workdir={killed}", "--resume"]) == 0
     reference = tmp_path / "reference"
@@ -229,7 +259,7 @@ BAD_INPUTS = [
     (lambda t: [_bad_npz(t, train_images=IMAGES, train_labels=np.r_[np.zeros(17, int), 1, 1, 1]),
                 "--detector=cl"], r"class '1' has 3 example\(s\), fewer than the 5 folds"),
     (lambda t: [_bad_npz(t, train_images=IMAGES, train_labels=np.arange(20) % 2)],
-     r"--batch-size 64 exceeds the 20 examples each model trains on"),
+     r"--batch-size 64 exceeds the 18 examples each model trains on"),  # 2 held out.
     (lambda t: [_folder(t), f"--pred-probs={_probs(t, np.full((12, 3), 1 / 3))}"],
      r"has shape \[12, 3\]; the dataset needs \[12, 2\]"),
     (lambda t: [_folder(t), f"--pred-probs={_probs(t, np.full((12, 2), 0.6))}"],

@@ -5,7 +5,7 @@
     robust-losses find-errors --dataset=fashion_mnist       # a tfds dataset's own labels
     robust-losses find-errors --dataset=npz:my_data.npz --pred-probs=probs.npy
 
-By default (``--detector=pt --loss=gce --epochs=8``) it trains one model with the gce loss,
+By default (``--detector=pt --loss=gce --epochs=10``) it trains one model with the gce loss,
 which learns the clean labels and barely the wrong ones, flags every example whose given label
 it disputes (predicts another class) and ranks all by their probability of the given label.
 ``--detector=cl`` trains ``--folds`` fresh models instead (stacked: one compiled program), each
@@ -16,7 +16,8 @@ The runner's flags all apply (``robust-losses run --help``); the defaults here d
 injected (``--noise-rate=0``), every example (``--train-size=0``), and the three above (see
 ``robust_losses_jax.audit.AUDIT_DEFAULTS``); a ``--preset`` overrides them, the flags typed
 override both. The last lines say how well the model fits the given labels (in-sample, and held
-out: the test split or the out-of-fold predictions) and warn (``warning:``) where the flags
+out: a tenth of the given labels without a test split (``--holdout``), the test split, or the
+out-of-fold predictions) and warn (``warning:``) where the flags
 cannot be trusted.
 
 Writes into ``--workdir``: ``label_issues.csv`` (one row per example, most suspect first;
@@ -35,6 +36,17 @@ from pathlib import Path
 
 from robust_losses_jax.commands import cli, run
 
+# Measured: docs/detection.md ("Which detector") has the commands and the versions.
+WHICH_DETECTOR = (
+    "Which detector: the default (--detector=pt --loss=gce) beat 5-fold "
+    "Confident Learning at every noise setting measured (F1 .680/.884/.669 against "
+    ".499/.790/.625 at 5%, 20% symmetric and 20% asymmetric noise, 3,000 Fashion-MNIST "
+    "images, 3 seeds) with a quarter of the training, and on all 60,000 with 7,200 errors "
+    "planted between confusable classes it took 637 s on 2 CPU cores at F1 .777. Use "
+    "--detector=cl (K folds, Confident Learning on out-of-sample probabilities) when the "
+    "audit warns that the model memorised its labels, or to get out-of-sample probabilities."
+)
+
 
 def build_parser() -> cli.ConfigParser:
     """The runner's flags with the audit's defaults (``audit.AUDIT_DEFAULTS``; a ``--preset``
@@ -44,6 +56,7 @@ def build_parser() -> cli.ConfigParser:
     parser = run.build_parser()
     parser.prog = "robust-losses find-errors"
     parser.description = __doc__.splitlines()[0]
+    parser.epilog = WHICH_DETECTOR
     defaults = {k: v for k, v in audit.AUDIT_DEFAULTS.items() if k != "loss_hparams"}
     parser.set_defaults(**defaults, workdir="workdir/find_errors")
     # build_config adds the hyperparameters when the loss is the audit's own.
@@ -116,6 +129,7 @@ def fit_report(issues, cfg, run_summary: dict | None):
         cfg=None if run_summary is None else cfg,
         out_of_sample=run_summary is None or cfg.detector == "cl",
         test_accuracy=None if run_summary is None else run_summary["test_accuracy"],
+        is_held_out=issues.is_held_out,
     )  # fmt: skip
 
 
@@ -173,7 +187,7 @@ def load_inputs(args, workdir: Path):
                 f"workdir {workdir} already holds an audit; pass --overwrite to replace it."
             )
     else:
-        audit.check_settings(train, cfg)
+        audit.check_settings(train, cfg, num_test=len(test.labels))
         experiment.check_workdir(cfg, workdir, resume=args.resume, overwrite=args.overwrite)
     return cfg, train, test, probs
 
@@ -253,7 +267,7 @@ def print_result(summary: dict, fit, csv_path: Path, noise_rate: float) -> None:
         f"({summary['seconds']:.0f} s)"
     )
     heldout = (
-        "no held-out labels (no test split)" if fit.heldout_accuracy is None
+        "no held-out labels (no test split, --holdout=0)" if fit.heldout_accuracy is None
         else f"{fit.heldout_accuracy:.3f} held out ({fit.heldout_source})"
     )  # fmt: skip
     trained = "" if fit.loss is None else (

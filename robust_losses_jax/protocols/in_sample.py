@@ -1,4 +1,9 @@
-"""``pt``: one model on every example; its in-sample outputs (``p_t`` tracked in tested epochs)."""
+"""``pt``: one model on every example; its in-sample outputs (``p_t`` tracked in tested epochs).
+
+With ``cfg.holdout`` a random slice of the examples is kept out of training: the model's
+outputs on it are out-of-sample, and its accuracy on their given labels (``heldout_accuracy``)
+says how well the model generalises when no clean test split exists.
+"""
 
 from __future__ import annotations
 
@@ -16,18 +21,46 @@ from robust_losses_jax.protocols.base import (
 )
 from robust_losses_jax.training.stacking import Member
 
+# ``--holdout=auto``: the fraction held out when the dataset has no test split.
+HOLDOUT_WITHOUT_TEST = 0.1
+
+
+def holdout_fraction(cfg: config_lib.Config, num_test: int) -> float:
+    """``cfg.holdout``, or for ``auto`` (None) :data:`HOLDOUT_WITHOUT_TEST` without a test
+    split (``num_test == 0``) and 0 with one."""
+    if cfg.holdout is not None:
+        return cfg.holdout
+    return HOLDOUT_WITHOUT_TEST if num_test == 0 else 0.0
+
+
+def held_out_mask(base_key: jax.Array, num_examples: int, fraction: float) -> np.ndarray:
+    """``[N]`` bool: ``round(fraction * N)`` examples drawn from ``base_key`` alone."""
+    order = np.asarray(jax.random.permutation(jax.random.fold_in(base_key, 5), num_examples))
+    mask = np.zeros(num_examples, bool)
+    mask[order[: round(fraction * num_examples)]] = True
+    return mask
+
 
 def in_sample_protocol(cfg: config_lib.Config, data: NoisyData, base_key: jax.Array) -> Protocol:
-    """One model trained on every example; its outputs on them are the predictions."""
+    """One model trained on every example (but a held-out slice, ``cfg.holdout``); its outputs
+    on them all are the predictions."""
+    held_out = held_out_mask(base_key, len(data), holdout_fraction(cfg, len(data.test_labels)))
     member = Member(
-        labels=data.given_label, rows=np.arange(len(data)), keys=run_keys(base_key, None),
+        labels=data.given_label, rows=np.flatnonzero(~held_out), keys=run_keys(base_key, None),
         hparams=loss_hparams(cfg),
     )  # fmt: skip
 
     def finish(trained):
         ((fitted, position),) = trained
         out = predictions(training_outputs(fitted, position), data)
-        return out, {"test_accuracy": fitted.test_accuracy[position]}
+        extra = {"test_accuracy": fitted.test_accuracy[position]}
+        if held_out.any():  # Out-of-sample on the slice, against its given labels.
+            out["is_held_out"] = held_out
+            extra["heldout_examples"] = int(held_out.sum())
+            extra["heldout_accuracy"] = float(
+                np.mean(out["pred"][held_out] == data.given_label[held_out])
+            )
+        return out, extra
 
     kwargs = {"num_classes": data.num_classes, "is_corrupted": data.is_corrupted[None]}
     return Protocol([member], kwargs, finish, stack_tag="")
