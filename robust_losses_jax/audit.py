@@ -97,6 +97,20 @@ class LabelIssues:
         """The ``k`` most suspect example indices."""
         return self.ranking[:k]
 
+    def noise_matrix(self) -> np.ndarray:
+        """float64 ``[C, C]``: P(given label ``i`` | true label ``j``), columns summing to 1,
+        from :attr:`pred_probs` (:func:`detection.noise_matrix`, cleanlab's estimate)."""
+        return detection.noise_matrix(self.given_label, self.pred_probs)
+
+    def confused_pairs(self, top: int = 5) -> list[dict[str, Any]]:
+        """The flagged examples' most frequent ``given -> suggested`` class pairs: ``given``,
+        ``suggested`` (names), ``count``; most first."""
+        names = self.class_names
+        pairs = detection.confused_pairs(
+            self.given_label, self.predicted_label, self.is_label_issue, top
+        )
+        return [{"given": names[i], "suggested": names[j], "count": n} for i, j, n in pairs]
+
     def columns(self) -> dict[str, np.ndarray]:
         """The table's columns (:data:`CSV_COLUMNS`, then ``held_out`` and ``path`` where
         known), rows most suspect first: ``[N]`` each."""
@@ -203,6 +217,18 @@ def issues_csv(issues: LabelIssues) -> str:
     writer.writerow(table)
     for row in zip(*table.values(), strict=True):
         writer.writerow([_csv_cell(value) for value in row])
+    return out.getvalue()
+
+
+def noise_matrix_csv(issues: LabelIssues) -> str:
+    """``noise_matrix.csv``: a header row and a first column of class names; entry (row ``i``,
+    column ``j``) = P(given label ``i`` | true label ``j``), 6 significant digits."""
+    names = issues.class_names
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["given \\ true", *names])
+    for name, row in zip(names, issues.noise_matrix(), strict=True):
+        writer.writerow([name, *(f"{value:.6g}" for value in row)])
     return out.getvalue()
 
 

@@ -246,6 +246,66 @@ def estimated_noise_rates(labels: ArrayLike, pred_probs: ArrayLike) -> tuple[flo
     return float(1.0 - np.trace(joint) / joint.sum()), per_class
 
 
+# cleanlab's floors: of the denominators of its latent estimates, and of a class's prior.
+_TINY = 1e-100
+_PRIOR_FLOOR = 1e-6
+# cleanlab's rounds of making the noise matrix, its inverse and the prior agree.
+_CONVERGE_ROUNDS, _INVERSE_ROUNDS = 3, 5
+
+
+def _clip_rates(matrix: np.ndarray) -> np.ndarray:
+    """Off-diagonal rates clipped to ``[0, 0.9999]`` (the diagonal kept), columns renormalised."""
+    clipped = np.clip(matrix, 0.0, 0.9999)
+    np.fill_diagonal(clipped, np.diag(matrix))
+    return clipped / np.clip(clipped.sum(axis=0), _TINY, None)
+
+
+def _true_prior(ps: np.ndarray, noise: np.ndarray, inverse: np.ndarray) -> np.ndarray:
+    """P(true label = k) from the diagonals ("cnt"), each at least 1e-6, summing to 1."""
+    prior = np.diag(inverse) / np.clip(np.diag(noise), _TINY, None) * ps
+    prior = np.clip(prior, _PRIOR_FLOOR, 1.0)
+    return prior / np.clip(prior.sum(), _TINY, None)
+
+
+def noise_matrix(labels: ArrayLike, pred_probs: ArrayLike) -> np.ndarray:
+    """float64 ``[C, C]``: entry ``(i, j)`` estimates P(given label ``i`` | true label ``j``);
+    each column sums to 1 (cleanlab's orientation), or to 0 for a class that no example is
+    confidently counted as.
+
+    From the calibrated confident joint (:func:`confident_joint`): its columns normalised, then
+    made consistent with the inverse matrix and the true-class prior by cleanlab's fixed rounds.
+    The same as ``cleanlab.count.estimate_py_and_noise_matrices_from_probabilities(labels,
+    pred_probs)[1]`` at its defaults.
+    """
+    joint = confident_joint(labels, pred_probs).astype(np.float64)
+    labels = np.asarray(labels)
+    ps = np.bincount(labels, minlength=len(joint)) / len(labels)  # P(given label = k).
+    noise = joint / np.clip(joint.sum(axis=0), _TINY, None)
+    inverse = joint.T / np.clip(joint.sum(axis=1), _TINY, None)
+    prior = _true_prior(ps, noise, inverse)
+    noise, inverse = _clip_rates(noise), _clip_rates(inverse)
+    for _ in range(_CONVERGE_ROUNDS):
+        for _ in range(_INVERSE_ROUNDS):
+            inverse = _clip_rates((noise * prior).T / np.clip(ps, _TINY, None))
+            prior = _true_prior(ps, noise, inverse)
+        noise = _clip_rates((inverse * ps).T / np.clip(prior, _TINY, None))
+    return _clip_rates(noise)
+
+
+def confused_pairs(
+    given_label: ArrayLike, predicted_label: ArrayLike, is_label_issue: ArrayLike, top: int
+) -> list[tuple[int, int, int]]:
+    """The ``top`` most frequent ``(given, suggested, count)`` among the flagged examples
+    (``[N]`` each), most first; ties by the class indices."""
+    flagged = np.asarray(is_label_issue, bool)
+    if not flagged.any():
+        return []
+    pairs = np.stack([np.asarray(given_label)[flagged], np.asarray(predicted_label)[flagged]], 1)
+    unique, counts = np.unique(pairs, axis=0, return_counts=True)
+    order = np.lexsort((unique[:, 1], unique[:, 0], -counts))[:top]
+    return [(int(unique[k, 0]), int(unique[k, 1]), int(counts[k])) for k in order]
+
+
 def auto_threshold(labels: ArrayLike, pred_probs: ArrayLike) -> tuple[float, float]:
     """``(tau, rate)``: the cutoff loss's threshold chosen without clean labels.
 

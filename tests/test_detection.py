@@ -285,6 +285,39 @@ def test_scores_match_cleanlab(seed, rank_by):
     np.testing.assert_allclose(score, 1.0 - theirs, rtol=0, atol=tol)
 
 
+@pytest.mark.parametrize("seed", range(8))
+def test_noise_matrix_is_cleanlabs(seed):
+    labels, probs = random_case(seed)
+    matrix = detection.noise_matrix(labels, probs)
+    want = cl_count.estimate_py_and_noise_matrices_from_probabilities(labels, probs)[1]
+    np.testing.assert_allclose(matrix, want, rtol=0, atol=1e-12)
+    sums = matrix.sum(axis=0)  # 0 for a class that no example is estimated to truly be.
+    assert np.all(np.isclose(sums, 1.0, atol=1e-12) | (sums == 0)), sums
+
+
+def test_noise_matrix_of_known_counts():
+    # Confident, exact probabilities: 4 examples truly 0 (one given 1), 2 truly 1.
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    probs = np.array([[0.9, 0.1]] * 3 + [[0.9, 0.1]] + [[0.1, 0.9]] * 2)
+    matrix = detection.noise_matrix(labels, probs)
+    np.testing.assert_allclose(matrix, [[0.75, 0.0], [0.25, 1.0]])
+
+
+def test_confused_pairs_counts_the_flagged_most_first():
+    given = np.array([0, 0, 0, 1, 1, 2, 2, 2])
+    predicted = np.array([1, 1, 2, 0, 0, 0, 2, 2])
+    flagged = given != predicted
+    assert detection.confused_pairs(given, predicted, flagged, top=2) == [(0, 1, 2), (1, 0, 2)]
+    assert detection.confused_pairs(given, predicted, flagged, top=9)[2:] == [(0, 2, 1), (2, 0, 1)]
+    assert detection.confused_pairs(given, predicted, np.zeros(8, bool), top=3) == []
+
+
+def test_mnist_noise_matrix_is_cleanlabs(mnist):
+    labels, probs, _ = mnist
+    want = cl_count.estimate_py_and_noise_matrices_from_probabilities(labels, probs)[1]
+    np.testing.assert_allclose(detection.noise_matrix(labels, probs), want, rtol=0, atol=1e-12)
+
+
 @st.composite
 def label_problems(draw):
     """(labels, probs) with N in [2, 80], C in [2, 8]; probabilities often tie (0, 0.1, 0.5, 1)."""

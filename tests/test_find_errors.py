@@ -53,9 +53,10 @@ def test_npz_audit_writes_every_output_and_finds_the_planted_errors(tmp_path, di
     code = find_errors.main([f"--dataset=npz:{path}", f"--workdir={workdir}", *FAST])
     assert code == 0
     out = capsys.readouterr().out.strip().splitlines()
-    assert len(out) == 2 and "labels flagged" in out[0]
-    assert out[1].startswith("fit: accuracy on the given labels 0.") and "(test split)" in out[1]
-    assert out[1].endswith("trained 0 epoch(s) of cross-entropy, 10 of gce")
+    assert len(out) == 3 and "labels flagged" in out[0]
+    assert out[1].startswith("most flagged (given -> suggested): digit")
+    assert out[2].startswith("fit: accuracy on the given labels 0.") and "(test split)" in out[2]
+    assert out[2].endswith("trained 0 epoch(s) of cross-entropy, 10 of gce")
     rows = read_csv(workdir)
     assert len(rows) == 1500 and [int(r["rank"]) for r in rows] == list(range(1500))
     quality = [float(r["label_score"]) for r in rows]
@@ -79,6 +80,25 @@ def test_npz_audit_writes_every_output_and_finds_the_planted_errors(tmp_path, di
     assert summary["settings"]["loss"] == "gce" and summary["settings"]["detector"] == "pt"
     assert summary["settings"]["noise_rate"] == 0.0 and summary["settings"]["train_size"] is None
     assert (workdir / "label_issues.png").stat().st_size > 10_000
+    # The noise matrix: cleanlab's estimate on the probabilities and labels written.
+    from cleanlab.count import estimate_py_and_noise_matrices_from_probabilities
+
+    with open(workdir / "noise_matrix.csv") as f:
+        table = list(csv.reader(f))
+    assert table[0] == ["given \\ true", *(f"digit{k}" for k in range(10))]
+    assert [row[0] for row in table[1:]] == [f"digit{k}" for k in range(10)]
+    matrix = np.array([[float(x) for x in row[1:]] for row in table[1:]])
+    want = estimate_py_and_noise_matrices_from_probabilities(given, probs)[1]
+    np.testing.assert_allclose(matrix, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(matrix.sum(axis=0), 1.0, atol=1e-5)
+    assert (workdir / "noise_matrix.png").stat().st_size > 10_000
+    pairs = summary["confused_pairs"]
+    assert 1 <= len(pairs) <= 5 and [p["count"] for p in pairs] == sorted(
+        (p["count"] for p in pairs), reverse=True
+    )
+    top = pairs[0]
+    shown = f"{top['given']} -> {top['suggested']} {top['count']}"
+    assert out[1].split(": ", 1)[1].startswith(shown)
     strict_json(workdir / "config.json")
     for line in (workdir / "metrics.jsonl").read_text().splitlines():
         json.loads(line, parse_constant=lambda c: pytest.fail(f"metrics.jsonl holds {c}"))
@@ -92,7 +112,7 @@ def test_without_a_test_split_a_tenth_is_held_out_and_still_audited(tmp_path, ca
     workdir = tmp_path / "audit"
     assert find_errors.main([f"--dataset=npz:{path}", f"--workdir={workdir}", "--epochs=4",
                              *FAST]) == 0  # fmt: skip
-    fit_line = capsys.readouterr().out.strip().splitlines()[1]
+    fit_line = capsys.readouterr().out.strip().splitlines()[2]
     assert "held out (slice of the given labels)" in fit_line
     rows = read_csv(workdir)
     assert len(rows) == 1500 and sum(r["held_out"] == "True" for r in rows) == 150
@@ -179,7 +199,7 @@ def test_a_robust_loss_cut_short_by_its_delay_is_named(tmp_path, digits_npz, cap
     assert find_errors.main([f"--dataset=npz:{path}", f"--workdir={workdir}", "--detector=pt",
                              "--loss=power", "--epochs=1", *FAST]) == 0  # fmt: skip
     out = capsys.readouterr().out.strip().splitlines()
-    assert "trained 1 epoch(s) of cross-entropy, 0 of power" in out[1]
+    assert "trained 1 epoch(s) of cross-entropy, 0 of power" in out[2]
     assert any(line.startswith("warning: the power loss never engaged") for line in out), out
     summary = strict_json(workdir / "summary.json")
     assert summary["fit"]["robust_epochs"] == 0 and summary["fit"]["heldout_source"] == "test split"

@@ -22,9 +22,12 @@ cannot be trusted.
 
 Writes into ``--workdir``: ``label_issues.csv`` (one row per example, most suspect first;
 cleanlab's column names), ``pred_probs.npy`` (``[N, C]``: in-sample for ``pt``, out-of-sample
-for ``cl``), ``label_issues.png`` (the top suspects), ``summary.json``, and the run's own
-files (``config.json``, ``predictions.npz``, fold outputs, checkpoints: ``--resume`` continues a
-killed audit). Bad input: one ``error:`` line, exit code 2, nothing written.
+for ``cl``), ``label_issues.png`` (the top suspects), ``noise_matrix.csv`` and
+``noise_matrix.png`` (P(given label | true label), cleanlab's estimate and orientation: each
+column sums to 1), ``summary.json`` (with the most frequent given -> suggested pairs among the
+flagged, also printed), and the run's own files (``config.json``, ``predictions.npz``, fold
+outputs, checkpoints: ``--resume`` continues a killed audit). Bad input: one ``error:`` line,
+exit code 2, nothing written.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ import time
 from pathlib import Path
 
 from robust_losses_jax.commands import cli, run
+
+CONFUSED_PAIRS_SHOWN = 5  # Given -> suggested class pairs on stdout and in summary.json.
 
 # Measured: docs/detection.md ("Which detector") has the commands and the versions.
 WHICH_DETECTOR = (
@@ -143,6 +148,7 @@ def audit_summary(
         "dataset": dataset,
         "examples": len(issues.given_label),
         "num_label_issues": issues.num_label_issues,
+        "confused_pairs": issues.confused_pairs(CONFUSED_PAIRS_SHOWN),
         "warnings": audit_guards.audit_warnings(fit),
         "fit": fit.to_json(),
         "estimated_noise_rate": issues.estimated_noise_rate,
@@ -193,7 +199,8 @@ def load_inputs(args, workdir: Path):
 
 
 def write_outputs(workdir: Path, cfg, images, issues, top: int) -> None:
-    """``label_issues.csv``, ``pred_probs.npy`` and the suspects' grid ``label_issues.png``."""
+    """``label_issues.csv``, ``pred_probs.npy``, the suspects' grid ``label_issues.png`` and the
+    noise matrix (``noise_matrix.csv``, ``noise_matrix.png``)."""
     import numpy as np
 
     from robust_losses_jax import audit, records
@@ -207,6 +214,13 @@ def write_outputs(workdir: Path, cfg, images, issues, top: int) -> None:
         images, issues, workdir / "label_issues.png", top,
         title=f"{cfg.dataset}: the {min(top, len(images))} most suspect labels "
         f"(red: flagged)",
+    )  # fmt: skip
+    records.atomic_write(
+        workdir / "noise_matrix.csv", lambda f: f.write(audit.noise_matrix_csv(issues))
+    )
+    report.noise_matrix_heatmap(
+        issues, workdir / "noise_matrix.png",
+        title=f"{cfg.dataset}: P(given label | true label), estimated",
     )  # fmt: skip
 
 
@@ -266,6 +280,9 @@ def print_result(summary: dict, fit, csv_path: Path, noise_rate: float) -> None:
         f"flagged (estimated noise rate {noise_rate:.1%}); ranked in {csv_path} "
         f"({summary['seconds']:.0f} s)"
     )
+    pairs = ", ".join(f"{p['given']} -> {p['suggested']} {p['count']}"
+                      for p in summary["confused_pairs"])  # fmt: skip
+    print(f"most flagged (given -> suggested): {pairs or 'none flagged'}")
     heldout = (
         "no held-out labels (no test split, --holdout=0)" if fit.heldout_accuracy is None
         else f"{fit.heldout_accuracy:.3f} held out ({fit.heldout_source})"

@@ -146,6 +146,30 @@ def label_issues_grid(
     return _save(fig, path)
 
 
+def noise_matrix_heatmap(issues: Any, path: Path, title: str = "") -> Path:
+    """An audit's noise matrix (``audit.LabelIssues.noise_matrix``) as an annotated heatmap:
+    rows the given label, columns the true one, each column summing to 1."""
+    matrix, names = issues.noise_matrix(), issues.class_names
+    size = len(names)
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * size, 0.8 + 0.6 * size))
+    ax.imshow(matrix, cmap="Blues", vmin=0.0, vmax=1.0)
+    ax.set_xticks(range(size), names, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(size), names, fontsize=8)
+    ax.set_xlabel("true label (estimated)")
+    ax.set_ylabel("given label")
+    if size <= 20:  # Beyond that the numbers would not be legible.
+        for i in range(size):
+            for j in range(size):
+                value = matrix[i, j]
+                color = "white" if value > 0.5 else "black"
+                text = f"{value:.2f}" if value >= 0.005 else ""
+                ax.text(j, i, text, ha="center", va="center", fontsize=7, color=color)
+    ax.set_title(title or "P(given label | true label)", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def detection_per_epoch(runs: list[Path], out: Path) -> Path | None:
     curves = {}
     for run in runs:
