@@ -130,6 +130,38 @@ def test_without_a_test_split_a_tenth_is_held_out_and_still_audited(tmp_path, ca
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("mode", ["drop", "relabel"])
+def test_retrain_compares_all_labels_with_the_cleaned_set(tmp_path, digits_npz, capsys, mode):
+    path, _ = digits_npz
+    workdir = tmp_path / "audit"
+    assert find_errors.main([f"--dataset=npz:{path}", f"--workdir={workdir}", "--epochs=4",
+                             "--retrain", f"--retrain-mode={mode}", *FAST]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "retrain (ce): test accuracy 0." in out and "on the test split of 297 examples" in out
+    summary = strict_json(workdir / "summary.json")
+    retrained = summary["retrain"]
+    rows = sorted(read_csv(workdir), key=lambda r: int(r["index"]))
+    flagged = np.array([r["is_label_issue"] == "True" for r in rows])
+    with np.load(workdir / "cleaned.npz") as cleaned:
+        keep, labels, relabelled = cleaned["keep"], cleaned["labels"], cleaned["relabelled"]
+    assert retrained["removed"] == int((~keep).sum()) and retrained["mode"] == mode
+    assert retrained["relabelled"] == int(relabelled.sum())
+    given = np.array([int(r["given_label"]) for r in rows])
+    suggested = np.array([int(r["predicted_label"]) for r in rows])
+    np.testing.assert_array_equal(labels, np.where(relabelled, suggested, given))
+    if mode == "drop":
+        np.testing.assert_array_equal(keep, ~flagged)
+    else:
+        assert relabelled.sum() > 0 and np.all(flagged[relabelled])
+        np.testing.assert_array_equal(keep, ~flagged | relabelled)
+    for name in ("baseline_ce", "cleaned_ce"):  # Each retrained model's own run.
+        run_summary = strict_json(workdir / "retrain" / name / "summary.json")
+        assert run_summary["num_train"] == (1500 if name == "baseline_ce" else int(keep.sum()))
+    assert retrained["cleaned_test_accuracy"] == retrained["by_loss"]["ce"]["cleaned_test_accuracy"]
+    assert 0.5 < retrained["baseline_test_accuracy"] <= 1.0
+
+
+@pytest.mark.slow
 def test_folder_of_pngs_without_test_split(tmp_path):
     digits = input_pipeline.load_split("sklearn_digits", "train")
     root = tmp_path / "images"
@@ -286,6 +318,12 @@ BAD_INPUTS = [
      r"row 0 sums to 1\.2"),
     (lambda t: ["--dataset=cifar10", f"--data-dir={t / 'tfds'}"],
      r"not prepared in .* and cannot be downloaded \(no network\)"),
+    (lambda t: [_folder(t), "--retrain", "--retrain-mode=fix"],
+     r"--retrain-mode=fix: choose from drop, relabel"),
+    (lambda t: [_folder(t), "--retrain", "--retrain-loss=ce,magic"],
+     r"--retrain-loss: unknown loss 'magic'; choose from"),
+    (lambda t: [_folder(t), "--retrain", "--holdout=0", "--batch-size=4"],
+     r"--retrain measures test accuracy: the dataset has no test split"),
 ]  # fmt: skip
 
 

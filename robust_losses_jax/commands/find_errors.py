@@ -39,6 +39,8 @@ from pathlib import Path
 
 from robust_losses_jax.commands import cli, run
 
+RETRAIN_MODES = ("drop", "relabel")  # retrain.RETRAIN_MODES, without importing jax for --help.
+RELABEL_MIN_PROB = 0.9  # retrain.RELABEL_MIN_PROB; a test keeps the two equal.
 CONFUSED_PAIRS_SHOWN = 5  # Given -> suggested class pairs on stdout and in summary.json.
 
 # Measured: docs/detection.md ("Which detector") has the commands and the versions.
@@ -74,6 +76,27 @@ def build_parser() -> cli.ConfigParser:
         help="a .npy of out-of-sample probabilities [N, C] (rows in the dataset's order, each "
         "summing to 1): rank them instead of training",
         none="train the folds",
+    )
+    cli.add_flag(
+        parser.groups["detection"],
+        "--retrain",
+        action="store_true",
+        help="after the audit, train fresh models on all the given labels and on the cleaned "
+        "set, and compare their test accuracy (the test split, else the held-out slice)",
+    )
+    cli.add_flag(
+        parser.groups["detection"],
+        "--retrain-mode",
+        default="drop",
+        allowed=RETRAIN_MODES,
+        help="drop the flagged examples, or relabel those whose suggested class has probability "
+        f">= {RELABEL_MIN_PROB} (dropping the rest)",
+    )
+    cli.add_flag(
+        parser.groups["detection"],
+        "--retrain-loss",
+        default="ce",
+        help="the loss(es) of the retrained models, comma-separated (e.g. ce,gce)",
     )
     cli.add_flag(
         parser.groups["output"],
@@ -174,17 +197,25 @@ def load_inputs(args, workdir: Path):
 
     from robust_losses_jax import audit, experiment, input_pipeline, noisy_data, user_data
     from robust_losses_jax import config as config_lib
+    from robust_losses_jax.protocols import in_sample
 
     if args.top < 1:
         raise ValueError(f"--top {args.top} must be >= 1.")
     cfg = build_config(args)
     config_lib.validate(cfg, num_devices=jax.device_count())
+    check_retrain_flags(args)
     noisy_data.check_noise(cfg)
     if not user_data.is_user_dataset(cfg.dataset):  # Loading checks the user's own.
         input_pipeline.check_dataset(cfg.dataset, args.data_dir)
     train, test = noisy_data.load_splits(cfg, args.data_dir)
     train = train.take(cfg.train_size and min(cfg.train_size, len(train)))
     audit.check_training_split(train, where=f"--dataset={cfg.dataset}")
+    held_out = cfg.detector == "pt" and in_sample.holdout_fraction(cfg, len(test.labels)) > 0
+    if args.retrain and not len(test.labels) and (args.pred_probs or not held_out):
+        raise ValueError(
+            "--retrain measures test accuracy: the dataset has no test split, so it needs a "
+            "held-out slice (--detector=pt with --holdout > 0 or auto)."
+        )
     probs = None
     if args.pred_probs:
         probs = load_pred_probs(args.pred_probs, len(train), train.num_classes)
@@ -196,6 +227,70 @@ def load_inputs(args, workdir: Path):
         audit.check_settings(train, cfg, num_test=len(test.labels))
         experiment.check_workdir(cfg, workdir, resume=args.resume, overwrite=args.overwrite)
     return cfg, train, test, probs
+
+
+def check_retrain_flags(args) -> None:
+    """``ValueError`` (one line) for a ``--retrain-mode`` or ``--retrain-loss`` not known."""
+    from robust_losses_jax import losses, retrain
+
+    if args.retrain_mode not in retrain.RETRAIN_MODES:
+        raise ValueError(
+            f"--retrain-mode={args.retrain_mode}: choose from {', '.join(retrain.RETRAIN_MODES)}."
+        )
+    for loss in retrain_losses(args):
+        if loss not in losses.available_losses():
+            raise ValueError(
+                f"--retrain-loss: unknown loss {loss!r}; choose from "
+                f"{', '.join(losses.available_losses())}."
+            )
+
+
+def retrain_losses(args) -> list[str]:
+    return [name.strip() for name in args.retrain_loss.split(",") if name.strip()]
+
+
+def clean_and_retrain(args, cfg, train, test, issues, workdir: Path) -> dict:
+    """``--retrain``: ``cleaned.npz``, then fresh models on all the given labels and on the
+    cleaned set (per ``--retrain-loss``); the summary's ``retrain`` entry."""
+    import numpy as np
+
+    from robust_losses_jax import input_pipeline, records, retrain
+
+    cleaned = retrain.clean_labels(issues, args.retrain_mode)
+    records.atomic_write(
+        workdir / "cleaned.npz",
+        lambda f: np.savez(
+            f, keep=cleaned.keep, labels=cleaned.labels, relabelled=cleaned.relabelled
+        ),
+        mode="wb",
+    )
+    given = input_pipeline.Split(train.images, issues.given_label.astype(np.int32),
+                                 train.num_classes, train.class_names)  # fmt: skip
+    held = np.zeros(len(given), bool) if issues.is_held_out is None else issues.is_held_out
+    if len(test.labels):
+        evaluation, evaluated_on = test, f"test split of {len(test.labels)} examples"
+    else:
+        evaluation = input_pipeline.Split(given.images[held], given.labels[held],
+                                          given.num_classes, given.class_names)  # fmt: skip
+        evaluated_on = (
+            f"held-out slice of {int(held.sum())} given labels, whose own errors make it "
+            "understate the gain"
+        )
+    by_loss = retrain.retrain(
+        cfg, given, evaluation, cleaned, losses_to_train=retrain_losses(args),
+        in_training=~held, workdir=workdir / "retrain", resume=args.resume,
+        overwrite=args.overwrite, progress=args.progress,
+    )  # fmt: skip
+    first = by_loss[retrain_losses(args)[0]]
+    return {
+        "baseline_test_accuracy": first["baseline_test_accuracy"],
+        "cleaned_test_accuracy": first["cleaned_test_accuracy"],
+        "removed": cleaned.removed,
+        "relabelled": int(cleaned.relabelled.sum()),
+        "mode": args.retrain_mode,
+        "evaluated_on": evaluated_on,
+        "by_loss": by_loss,
+    }
 
 
 def write_outputs(workdir: Path, cfg, images, issues, top: int) -> None:
@@ -264,10 +359,19 @@ def main(argv: list[str] | None = None) -> int:
         issues = dataclasses.replace(issues, paths=paths[: len(train)])
     write_outputs(workdir, cfg, train.images, issues, args.top)
     fit = fit_report(issues, cfg, run_summary)
+    retrained = None
+    if args.retrain:
+        try:
+            retrained = clean_and_retrain(args, cfg, train, test, issues, workdir)
+        except (loop.NonFiniteError, checkpoints.CheckpointError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
     summary = audit_summary(
         issues, cfg, fit, dataset=cfg.dataset, seconds=time.perf_counter() - start,
         run_summary=run_summary,
     )  # fmt: skip
+    if retrained is not None:
+        summary["retrain"] = retrained
     records.write_json(workdir / "summary.json", summary)
     print_result(summary, fit, workdir / "label_issues.csv", issues.estimated_noise_rate)
     return 0
@@ -291,6 +395,15 @@ def print_result(summary: dict, fit, csv_path: Path, noise_rate: float) -> None:
         f"; trained {fit.ce_epochs} epoch(s) of cross-entropy, {fit.robust_epochs} of {fit.loss}"
     )  # fmt: skip
     print(f"fit: accuracy on the given labels {fit.given_accuracy:.3f}, {heldout}{trained}")
+    retrained = summary.get("retrain")
+    if retrained:
+        mode = "relabelled or dropped" if retrained["mode"] == "relabel" else "dropped"
+        for loss, acc in retrained["by_loss"].items():
+            print(
+                f"retrain ({loss}): test accuracy {acc['baseline_test_accuracy']:.3f} on all the "
+                f"given labels, {acc['cleaned_test_accuracy']:.3f} with the flagged {mode}; "
+                f"evaluated on the {retrained['evaluated_on']}"
+            )
     for line in summary["warnings"]:
         print(f"warning: {line}")
 
