@@ -112,3 +112,24 @@ def retrain(
             )  # fmt: skip
             results.setdefault(loss, {})[f"{name}_test_accuracy"] = summary["test_accuracy"]
     return results
+
+
+RETRAIN_ROWS = (("baseline", "on all the given labels"), ("cleaned", "with the flagged removed"))
+
+
+def retrain_table(summaries: Sequence[dict[str, Any]]) -> str:
+    """Markdown: test accuracy per retrained loss and training set, mean ± population std over
+    the audits' ``summary.json`` (one per seed), and each seed's value."""
+    losses_run = list(summaries[0]["retrain"]["by_loss"])
+    evaluated_on = summaries[0]["retrain"]["evaluated_on"]
+    lines = [f"{len(summaries)} seed(s); evaluated on the {evaluated_on}", "",
+             "| model | test accuracy | per seed |", "|---|---|---|"]  # fmt: skip
+    for loss in losses_run:
+        for key, words in RETRAIN_ROWS:
+            values = [s["retrain"]["by_loss"][loss][f"{key}_test_accuracy"] for s in summaries]
+            shown = ", ".join(f"{v:.4f}" for v in values)
+            lines.append(f"| {loss} {words} | {np.mean(values):.4f} ± {np.std(values):.4f} | "
+                         f"{shown} |")  # fmt: skip
+    removed = [s["retrain"]["removed"] for s in summaries]
+    lines += ["", f"removed per seed: {', '.join(map(str, removed))}"]
+    return "\n".join(lines) + "\n"
