@@ -22,20 +22,24 @@ import csv
 import dataclasses
 import io
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 
 from robust_losses_jax import config as config_lib
-from robust_losses_jax import detection
+from robust_losses_jax import detection, probe
 from robust_losses_jax.protocols import in_sample
 
 # The audit's defaults where they differ from the runner's (``config.Config``): nothing
 # injected, every example, and the detector the project's measurements pick per unit of compute:
 # one in-sample model trained with gce, flagged where it predicts another class (docs/detection.md,
 # "Which detector"). ``--detector=cl`` (K-fold Confident Learning) stays an option.
+# A features audit (:func:`find_feature_issues`): a probe trains in seconds, so longer.
+FEATURE_AUDIT_DEFAULTS: dict[str, Any] = {"model": "mlp", "epochs": 30}
 AUDIT_DEFAULTS: dict[str, Any] = {
     "noise_rate": 0.0,
     "train_size": None,
@@ -308,6 +312,65 @@ def find_label_issues(
             cfg, run_dir, resume=resume, progress=progress, log=log, splits=(train, test),
         )  # fmt: skip
         return issues_from_run(run_dir, cfg, names)
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureAudit:
+    """:func:`find_feature_issues`' result: the issues and how the probe did.
+
+    Attributes:
+      issues: :class:`LabelIssues` (``is_held_out`` set where a slice was held out).
+      test_accuracy: on the test split, or None without one.
+      seconds: wall time of training and scoring.
+    """
+
+    issues: LabelIssues
+    test_accuracy: float | None
+    seconds: float
+
+
+def find_feature_issues(
+    features: np.ndarray,
+    labels: np.ndarray,
+    *,
+    class_names: Sequence[str],
+    test_features: np.ndarray | None = None,
+    test_labels: np.ndarray | None = None,
+    config: config_lib.Config | None = None,
+) -> FeatureAudit:
+    """Find the likely label errors among ``labels`` from feature vectors ``[N, D]``.
+
+    One probe (:mod:`probe`, an MLP with one hidden layer) trained with the audit's
+    loss on the standardised features, in-sample, flags the examples whose given label it
+    disputes, as the image audit's ``pt`` does; ``config.holdout`` (auto: a tenth without a
+    test split) keeps a slice out of training for an out-of-sample accuracy.
+    """
+    start = time.perf_counter()
+    cfg = config or audit_config(dataset="features", **FEATURE_AUDIT_DEFAULTS)
+    if cfg.detector != "pt":
+        raise ValueError(f"--detector={cfg.detector}: a features audit trains one probe (pt).")
+    num_classes = len(class_names)
+    test_features = (
+        np.zeros((0, features.shape[1]), np.float32) if test_features is None else test_features
+    )
+    held = in_sample.held_out_mask(
+        jax.random.key(cfg.seed), len(labels), in_sample.holdout_fraction(cfg, len(test_features))
+    )
+    mean, std = probe.standardizer(features[~held])
+    params = probe.train_probe(cfg, (features[~held] - mean) / std, labels[~held], num_classes)
+    logits = probe.probe_logits(cfg, params, (features - mean) / std, num_classes)
+    probs = np.asarray(jax.nn.softmax(logits.astype(np.float64), axis=-1))
+    margin = log_margin(probs, labels)
+    issues = rank_label_issues(
+        labels, probs, margin=margin, is_label_issue=probs.argmax(1) != labels,
+        class_names=class_names,
+    )  # fmt: skip
+    test_accuracy = None
+    if len(test_features):
+        test_logits = probe.probe_logits(cfg, params, (test_features - mean) / std, num_classes)
+        test_accuracy = float(np.mean(test_logits.argmax(1) == test_labels))
+    issues = dataclasses.replace(issues, is_held_out=held if held.any() else None)
+    return FeatureAudit(issues, test_accuracy, time.perf_counter() - start)
 
 
 def issues_from_run(run_dir: Path, cfg: config_lib.Config, class_names: Sequence[str]):

@@ -161,6 +161,61 @@ def test_retrain_compares_all_labels_with_the_cleaned_set(tmp_path, digits_npz, 
     assert 0.5 < retrained["baseline_test_accuracy"] <= 1.0
 
 
+def _digits_features(tmp_path, **extra):
+    """sklearn's digits as float features, 10% of the labels moved to another class."""
+    from sklearn.datasets import load_digits
+
+    features, labels = load_digits(return_X_y=True)
+    rng = np.random.default_rng(0)
+    flipped = rng.choice(len(labels), len(labels) // 10, replace=False)
+    given = labels.copy()
+    given[flipped] = (given[flipped] + rng.integers(1, 10, len(flipped))) % 10
+    path = tmp_path / "features.npz"
+    np.savez(path, train_features=features.astype(np.float32), train_labels=given, **extra)
+    return path, flipped
+
+
+def test_a_features_npz_audits_end_to_end(tmp_path, capsys):
+    path, flipped = _digits_features(tmp_path)
+    workdir = tmp_path / "audit"
+    assert find_errors.main([f"--dataset=npz:{path}", f"--workdir={workdir}"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert "of 1797 labels flagged" in out[0] and out[1].startswith("most flagged")
+    assert "(slice of the given labels); trained 0 epoch(s) of cross-entropy, 30 of gce" in out[2]
+    rows = read_csv(workdir)
+    assert list(rows[0]) == [*audit.CSV_COLUMNS, "held_out"] and len(rows) == 1797
+    flagged = {int(r["index"]) for r in rows if r["is_label_issue"] == "True"}
+    hits = len(flagged & set(flipped.tolist()))
+    precision, recall = hits / len(flagged), hits / len(flipped)
+    assert 2 * precision * recall / (precision + recall) > 0.9, (precision, recall)
+    summary = strict_json(workdir / "summary.json")
+    assert summary["settings"]["model"] == "mlp" and summary["settings"]["epochs"] == 30
+    assert summary["fit"]["heldout_source"] == "slice of the given labels"
+    for name in ("pred_probs.npy", "noise_matrix.csv", "noise_matrix.png"):
+        assert (workdir / name).exists()
+    assert not (workdir / "label_issues.png").exists()  # No images to show.
+
+
+@pytest.mark.parametrize(
+    ("extra", "flags", "message"),
+    [({"test_features": np.full((3, 64), np.nan, np.float32), "test_labels": np.zeros(3, int)},
+      [], r"test_features\[0, 0\] = nan; features must be finite"),
+     ({}, ["--retrain"], r"--retrain: a features audit trains one probe"),
+     ({}, ["--model=small_cnn"], r"--model=small_cnn: features train a probe")],
+)  # fmt: skip
+def test_bad_features_input_is_one_line_exit_2_and_writes_nothing(
+    tmp_path, capsys, extra, flags, message
+):
+    import re
+
+    path, _ = _digits_features(tmp_path, **extra)
+    workdir = tmp_path / "audit"
+    assert find_errors.main([f"--dataset=npz:{path}", f"--workdir={workdir}", *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.search(message, err[0]), err
+    assert not workdir.exists()
+
+
 @pytest.mark.slow
 def test_folder_of_pngs_without_test_split(tmp_path):
     digits = input_pipeline.load_split("sklearn_digits", "train")

@@ -322,13 +322,23 @@ def write_outputs(workdir: Path, cfg, images, issues, top: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     cli.prepare_process(argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     start = time.perf_counter()
-    from robust_losses_jax import audit, experiment, input_pipeline, records, user_data
+    from robust_losses_jax import (
+        audit,
+        experiment,
+        feature_data,
+        input_pipeline,
+        records,
+        user_data,
+    )
     from robust_losses_jax.training import checkpoints, loop
 
     run.xla_setup.enable_compilation_cache(args.compilation_cache)
     workdir = Path(args.workdir)
+    if feature_data.holds_features(args.dataset):
+        return audit_features(args, parser.typed, workdir, start)
     try:
         cfg, train, test, probs = load_inputs(args, workdir)
     except (ValueError, OSError, input_pipeline.DatasetUnavailableError) as error:
@@ -372,6 +382,78 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     if retrained is not None:
         summary["retrain"] = retrained
+    records.write_json(workdir / "summary.json", summary)
+    print_result(summary, fit, workdir / "label_issues.csv", issues.estimated_noise_rate)
+    return 0
+
+
+def load_feature_inputs(args, typed: frozenset[str], workdir: Path):
+    """A features audit's config and data (``FEATURE_AUDIT_DEFAULTS`` under the flags typed),
+    checked before any work; ``ValueError`` (one line) for the first bad input."""
+    import jax
+
+    from robust_losses_jax import audit, feature_data, probe
+    from robust_losses_jax import config as config_lib
+
+    cfg = build_config(args)
+    untyped = {k: v for k, v in audit.FEATURE_AUDIT_DEFAULTS.items() if k not in typed}
+    cfg = dataclasses.replace(cfg, **untyped)
+    config_lib.validate(cfg, num_devices=jax.device_count())
+    probe.probe_for(cfg, 2)  # The model is one a probe can be.
+    refused = {"--noise-rate": cfg.noise_rate > 0, "--detector": cfg.detector != "pt",
+               "--pred-probs": bool(args.pred_probs), "--retrain": args.retrain}  # fmt: skip
+    for flag in (flag for flag, bad in refused.items() if bad):
+        raise ValueError(f"{flag}: a features audit trains one probe on the labels as given.")
+    data = feature_data.load_features(args.dataset.removeprefix(feature_data.NPZ_PREFIX))
+    if cfg.train_size:
+        size = min(cfg.train_size, len(data.train_labels))
+        data = dataclasses.replace(data, train_features=data.train_features[:size],
+                                   train_labels=data.train_labels[:size])  # fmt: skip
+    if (workdir / "summary.json").exists() and not args.overwrite:
+        raise ValueError(
+            f"workdir {workdir} already holds an audit; pass --overwrite to replace it."
+        )
+    return cfg, data
+
+
+def audit_features(args, typed: frozenset[str], workdir: Path, start: float) -> int:
+    """``find-errors`` on an npz of features: one probe, the same outputs as for images but
+    the images' grid."""
+    import numpy as np
+
+    from robust_losses_jax import audit, records
+    from robust_losses_jax.commands import report
+    from robust_losses_jax.training import loop
+
+    try:
+        cfg, data = load_feature_inputs(args, typed, workdir)
+    except (ValueError, OSError) as error:
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
+    try:
+        result = audit.find_feature_issues(
+            data.train_features, data.train_labels, class_names=data.class_names,
+            test_features=data.test_features, test_labels=data.test_labels, config=cfg,
+        )  # fmt: skip
+    except loop.NonFiniteError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    issues = result.issues
+    workdir.mkdir(parents=True, exist_ok=True)
+    records.atomic_write(workdir / "label_issues.csv", lambda f: f.write(audit.issues_csv(issues)))
+    records.atomic_write(
+        workdir / "pred_probs.npy", lambda f: np.save(f, issues.pred_probs), mode="wb"
+    )
+    records.atomic_write(
+        workdir / "noise_matrix.csv", lambda f: f.write(audit.noise_matrix_csv(issues))
+    )
+    report.noise_matrix_heatmap(issues, workdir / "noise_matrix.png")
+    run_summary = {"test_accuracy": result.test_accuracy, "probe_seconds": round(result.seconds, 2)}
+    fit = fit_report(issues, cfg, run_summary)
+    summary = audit_summary(
+        issues, cfg, fit, dataset=cfg.dataset, seconds=time.perf_counter() - start,
+        run_summary=run_summary,
+    )  # fmt: skip
     records.write_json(workdir / "summary.json", summary)
     print_result(summary, fit, workdir / "label_issues.csv", issues.estimated_noise_rate)
     return 0
