@@ -135,6 +135,8 @@ def test_quickstart_notebook_installs_and_runs_on_colab(tmp_path, checkout_copy)
         assert line is not None, f"no one-line result for {name}:\n{text}"
         assert "detection F1 " in line and "AUROC " in line
     assert "examples: " in text and "flagged, estimated noise rate" in text  # The audit.
+    assert re.search(r"\S -> \S[^\n]*: \d+ flagged", text)  # The confused pairs.
+    assert re.search(r"test accuracy: 0\.\d+ on all the given labels, 0\.\d+ without", text)
     images = [out for out in everything if "image/png" in out.get("data", {})]
     assert len(images) >= 3, f"{len(images)} figures (histograms, F1 per epoch, suspects grid)"
     tables = [out for out in everything if "text/html" in out.get("data", {})]
