@@ -11,20 +11,18 @@ from typing import Any
 
 import numpy as np
 
-from robust_losses_jax import losses
+from robust_losses_jax import corruption, detection, losses
 
 # Losses that de-weight or drop examples from the start, and so collapse from random weights
 # without a few epochs of cross-entropy first (../shared/README.md, reference runs).
 DELAYED_BY_DEFAULT = ("power", "cutoff")
 DEFAULT_DELAY_EPOCHS = 2
-NOISE_KINDS = ("symmetric", "asymmetric", "transition")
+NOISE_KINDS = corruption.KINDS
 DTYPES = ("float32", "bfloat16")
 DETECTORS = ("pt", "cl", "aum")
 DATA_PLACEMENTS = ("auto", "device", "stream")
-# AUM's decision rule: "reference" (asappresearch/aum: an example is flagged when every run
-# that judges it flags it, margins of the first epoch left out), "mean" (the mean of
-# threshold - AUM over the runs is positive, every epoch counted); detection.AUM_RULES.
-AUM_RULES = ("reference", "mean")
+# AUM's decision rules (detection.aum_detect).
+AUM_RULES = detection.AUM_RULES
 
 
 # Groups of the command line's flags, in --help's order: commands/cli.py gives every field
@@ -373,8 +371,6 @@ def validate(config: Config, *, num_devices: int) -> None:
         raise ValueError(
             f"Unknown detector {config.detector!r}; choose from {', '.join(DETECTORS)}."
         )
-    from robust_losses_jax import detection
-
     if config.cl_filter_by not in detection.FILTER_BY:
         raise ValueError(
             f"Unknown cl filter_by {config.cl_filter_by!r}; "
@@ -434,8 +430,6 @@ def validate(config: Config, *, num_devices: int) -> None:
         if not ok:
             raise ValueError(message + ".")
     if config.transition is not None:
-        from robust_losses_jax import corruption
-
         try:
             matrix = np.asarray(config.transition, np.float64)
         except ValueError:

@@ -9,7 +9,7 @@ Three families:
   :func:`predicted_neq_given` (argmax differs from the given label).
 - Confident Learning (Northcutt et al. 2021), :func:`confident_learning`, a NumPy port of
   ``cleanlab.filter.find_label_issues`` (cleanlab 2.9) that flags exactly the same examples for
-  every ``filter_by``; :func:`confident_joint` and :func:`estimate_num_label_issues` expose its
+  every ``filter_by``; :func:`confident_joint` and :func:`noise_matrix` expose its
   pieces. The port repeats cleanlab's floating-point expressions and sorts (same operands, same
   order, same ``np.argsort`` kind) on purpose: ties between equal probabilities or margins are
   broken by the sort, and a mathematically equal but differently computed value can break them
@@ -324,18 +324,6 @@ def _reduce_issues(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
     nudged = np.copy(probs)
     nudged[np.arange(len(labels)), labels] += _FLOATING_POINT_COMPARISON
     return nudged.argmax(axis=1) == labels
-
-
-def estimate_num_label_issues(labels: ArrayLike, pred_probs: ArrayLike) -> int:
-    """Number of examples off the diagonal of the confident joint, less near-ties.
-
-    cleanlab's ``count.num_label_issues(estimation_method="off_diagonal")``; equal to
-    ``confident_learning(..., filter_by="confident_learning")[0].sum()``.
-    """
-    labels, probs = _check_inputs(labels, pred_probs)
-    flagged = np.zeros(len(labels), dtype=bool)
-    flagged[_confident_joint_and_off_diagonals(labels, probs, calibrate=False)[1]] = True
-    return int(np.sum(flagged & ~_reduce_issues(labels, probs)))
 
 
 def _keep_at_least_n_per_class(cj: np.ndarray, n: int, frac_noise: float) -> np.ndarray:
@@ -685,6 +673,9 @@ def aum_threshold(aum: ArrayLike, is_threshold: ArrayLike, percentile: float = 9
     return float(np.percentile(values, percentile))
 
 
+# AUM's decision rules: "reference" (asappresearch/aum: an example is flagged when every run that
+# judges it flags it, margins of the first epoch left out), "mean" (the mean of threshold - AUM
+# over the runs is positive, every epoch counted).
 AUM_RULES = ("reference", "mean")
 
 

@@ -324,10 +324,6 @@ def process_slice(batch: Batch, process_index: int = 0, process_count: int = 1) 
     return {k: v[process_index * local : (process_index + 1) * local] for k, v in batch.items()}
 
 
-def num_train_batches(num_examples: int, global_batch: int) -> int:
-    return num_examples // global_batch
-
-
 def eval_batches(
     images: np.ndarray, labels: np.ndarray, global_batch: int, num_devices: int
 ) -> Iterator[Batch]:

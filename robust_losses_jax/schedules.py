@@ -26,15 +26,6 @@ ScheduleFn = Callable[[jax.typing.ArrayLike], dict[str, Array]]
 RAMPABLE = ("gamma", "tau")
 
 
-def epochs_to_steps(epochs: float, steps_per_epoch: int) -> int:
-    """``round(epochs * steps_per_epoch)``; ValueError for epochs < 0 or steps_per_epoch < 1."""
-    if epochs < 0:
-        raise ValueError(f"epochs={epochs!r} must be >= 0.")
-    if steps_per_epoch < 1:
-        raise ValueError(f"steps_per_epoch={steps_per_epoch!r} must be >= 1.")
-    return round(epochs * steps_per_epoch)
-
-
 def delay_active(step: jax.typing.ArrayLike, delay_steps: int) -> Array:
     """True once the robust loss is on: ``step >= delay_steps``; bool of ``step``'s shape."""
     return jnp.asarray(step) >= delay_steps

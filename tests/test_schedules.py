@@ -116,15 +116,6 @@ def test_bad_schedule_arguments(kwargs, message):
         schedules.loss_schedule(**kwargs)
 
 
-def test_epochs_to_steps():
-    assert schedules.epochs_to_steps(2, 100) == 200
-    assert schedules.epochs_to_steps(0.5, 7) == 4
-    with pytest.raises(ValueError, match=r"epochs=-1 must be >= 0"):
-        schedules.epochs_to_steps(-1, 10)
-    with pytest.raises(ValueError, match=r"steps_per_epoch=0 must be >= 1"):
-        schedules.epochs_to_steps(1, 0)
-
-
 def test_scheduled_weight_is_one_during_delay_then_the_losses():
     logits, labels = _logits(3)
     targets = {"gamma": 2.0, "tau": 0.1}
