@@ -18,6 +18,10 @@ from robust_losses_jax import corruption, detection, losses
 DELAYED_BY_DEFAULT = ("power", "cutoff")
 DEFAULT_DELAY_EPOCHS = 2
 NOISE_KINDS = corruption.KINDS
+# What the training engine offers; it takes these lists from here (config imports no engine).
+OPTIMIZERS = ("sgd", "adam", "adamw")
+LR_SCHEDULES = ("constant", "cosine", "step")
+PARALLEL_MODES = ("pmap", "shard_map")
 DTYPES = ("float32", "bfloat16")
 DETECTORS = ("pt", "cl", "aum")
 DATA_PLACEMENTS = ("auto", "device", "stream")
@@ -197,15 +201,13 @@ class Config:
     epochs: int = flag(20, "training", "training epochs")
     batch_size: int = flag(128, "training", "training batch (a multiple of the device count)")
     eval_batch_size: int = flag(1000, "training", "test batch (a multiple of the device count)")
-    optimizer: str = flag(
-        "adam", "training", "the optimizer", choices=_from("training.step", "OPTIMIZERS")
-    )
+    optimizer: str = flag("adam", "training", "the optimizer", choices=OPTIMIZERS)
     lr: float = flag(1e-3, "training", "learning rate")
     lr_schedule: str = flag(
         "constant",
         "training",
         "learning-rate schedule",
-        choices=_from("training.step", "LR_SCHEDULES"),
+        choices=LR_SCHEDULES,
     )
     warmup_epochs: int = flag(0, "training", "epochs of linear learning-rate warm-up from 0")
     momentum: float = flag(0.9, "training", "sgd's momentum")
@@ -230,9 +232,7 @@ class Config:
         None, "data", "CIFAR augmentation (random crop and flip)", none="on for CIFAR"
     )
     dtype: str = flag("float32", "model", "compute dtype", choices=DTYPES)
-    parallel: str = flag(
-        "pmap", "training", "data parallelism", choices=_from("training.parallel", "PARALLEL_MODES")
-    )
+    parallel: str = flag("pmap", "training", "data parallelism", choices=PARALLEL_MODES)
     pt_threshold: float = flag(0.5, "detection", "pt: flag an example when p_t is below this")
     # How label errors are found: "pt" (in-sample p_t of one run), "cl" (K-fold out-of-sample
     # probabilities + Confident Learning), "aum" (area under the margin, two runs).
@@ -259,7 +259,7 @@ class Config:
         "prune_by_noise_rate",
         "detection",
         "cl: Confident Learning's filter_by",
-        choices=_from("detection", "FILTER_BY"),
+        choices=detection.FILTER_BY,
     )
     aum_percentile: float = flag(
         99.0, "detection", "aum: flag below this percentile of the threshold examples' AUM"
@@ -339,27 +339,23 @@ def _one_process_only(setting: str, instead: str) -> None:
 def validate(config: Config, *, num_devices: int) -> None:
     """Raise ValueError (one clear line) for any setting outside what is allowed."""
     from robust_losses_jax import models
-    from robust_losses_jax.training import parallel
-    from robust_losses_jax.training import step as step_lib
 
     losses.get_loss(config.loss, **config.loss_hparams)  # Unknown loss / bad hyperparameters.
     if config.model not in models.available_models():
         raise ValueError(
             f"Unknown model {config.model!r}; choose from {', '.join(models.available_models())}."
         )
-    if config.optimizer not in step_lib.OPTIMIZERS:
+    if config.optimizer not in OPTIMIZERS:
         raise ValueError(
-            f"Unknown optimizer {config.optimizer!r}; choose from {', '.join(step_lib.OPTIMIZERS)}."
+            f"Unknown optimizer {config.optimizer!r}; choose from {', '.join(OPTIMIZERS)}."
         )
-    if config.lr_schedule not in step_lib.LR_SCHEDULES:
+    if config.lr_schedule not in LR_SCHEDULES:
         raise ValueError(
-            f"Unknown lr schedule {config.lr_schedule!r}; "
-            f"choose from {', '.join(step_lib.LR_SCHEDULES)}."
+            f"Unknown lr schedule {config.lr_schedule!r}; choose from {', '.join(LR_SCHEDULES)}."
         )
-    if config.parallel not in parallel.PARALLEL_MODES:
+    if config.parallel not in PARALLEL_MODES:
         raise ValueError(
-            f"Unknown parallel mode {config.parallel!r}; "
-            f"choose from {', '.join(parallel.PARALLEL_MODES)}."
+            f"Unknown parallel mode {config.parallel!r}; choose from {', '.join(PARALLEL_MODES)}."
         )
     if config.parallel == "shard_map":
         _one_process_only("--parallel=shard_map", "use pmap")

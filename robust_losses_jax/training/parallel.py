@@ -15,8 +15,10 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from robust_losses_jax import config as config_lib
+
 AXIS = "data"
-PARALLEL_MODES = ("pmap", "shard_map")
+PARALLEL_MODES = config_lib.PARALLEL_MODES
 
 
 def data_mesh(devices: list | None = None) -> Mesh:

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
+from robust_losses_jax import config as config_lib
 from robust_losses_jax import detection, input_pipeline, losses, schedules
 from robust_losses_jax.training.parallel import AXIS
 
@@ -63,8 +64,7 @@ class StepConfig:
 # Optimisers and state.
 # --------------------------------------------------------------------------------------------------
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
-LR_SCHEDULES = ("constant", "cosine", "step")
+OPTIMIZERS, LR_SCHEDULES = config_lib.OPTIMIZERS, config_lib.LR_SCHEDULES
 
 
 def make_optimizer(
