@@ -31,7 +31,7 @@ import jax
 import numpy as np
 
 from robust_losses_jax import config as config_lib
-from robust_losses_jax import detection, probe
+from robust_losses_jax import detection, experiment, input_pipeline, probe
 from robust_losses_jax.protocols import in_sample
 
 # The audit's defaults where they differ from the runner's (``config.Config``): nothing
@@ -283,8 +283,6 @@ def find_label_issues(
       or on one model's in-sample ones (``"pt"``: flagged where it predicts another class; with
       a robust loss it flagged better than K folds, docs/results/README.md).
     """
-    from robust_losses_jax import experiment, input_pipeline
-
     images = np.asarray(images)
     images = images[..., None] if images.ndim == 3 else images
     labels = np.asarray(labels)

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 
-from robust_losses_jax import corruption, detection, losses
+from robust_losses_jax import corruption, detection, input_pipeline, losses, models, user_data
 
 # Losses that de-weight or drop examples from the start, and so collapse from random weights
 # without a few epochs of cross-entropy first (../shared/README.md, reference runs).
@@ -65,7 +65,7 @@ def flag(default: Any, group: str | None, help: str | Callable[[], str], **more:
         checks them); ``parse``: reads a typed value where the field's type cannot (``str ->
         value``; ``ValueError`` or ``OSError`` for a bad one); ``none``: what a default of None
         means. ``help`` and ``choices`` may be functions of no arguments, called when the parser
-        is built (lists kept in modules that import flax or optax, which this one does not).
+        is built.
     """
     return dataclasses.field(default=default, metadata={"group": group, "help": help, **more})
 
@@ -79,19 +79,7 @@ def resolved_delay(loss: str, delay_epochs: int | None) -> int:
     return DEFAULT_DELAY_EPOCHS if robust else 0
 
 
-def _from(module: str, name: str) -> Callable[[], Any]:
-    """``robust_losses_jax.<module>.<name>`` (called if a function), looked up when asked for."""
-
-    def get() -> Any:
-        value = getattr(importlib.import_module(f"robust_losses_jax.{module}"), name)
-        return value() if callable(value) else value
-
-    return get
-
-
 def _dataset_help() -> str:
-    from robust_losses_jax import input_pipeline, user_data
-
     return (
         f"a tfds image-classification dataset (here: {', '.join(input_pipeline.KNOWN_DATASETS)}, "
         "...); npz:PATH (train_images uint8 [N, H, W(, C)], train_labels; optional num_classes or "
@@ -135,24 +123,8 @@ def _matrix_file(path: str) -> tuple[tuple[float, ...], ...]:
         raise ValueError(f"{path}: not a JSON [C, C] matrix ({error}).") from None
 
 
-# The largest image side --image-size accepts.
-MAX_IMAGE_SIZE = 1024
-
-
-def parse_image_size(text: str) -> tuple[int, int]:
-    """``"H"`` or ``"HxW"`` as ``(height, width)``; ``ValueError`` (one line) otherwise."""
-    parts = str(text).lower().split("x")
-    if len(parts) in (1, 2) and all(p.strip().isdigit() and int(p) > 0 for p in parts):
-        height, width = int(parts[0]), int(parts[-1])
-        if max(height, width) <= MAX_IMAGE_SIZE:
-            return height, width
-    raise ValueError(
-        f"image size {text!r} is not H or HxW (positive integers up to {MAX_IMAGE_SIZE})."
-    )
-
-
 def _image_size_text(text: str) -> str:
-    height, width = parse_image_size(text)
+    height, width = user_data.parse_image_size(text)
     return f"{height}x{width}"
 
 
@@ -162,9 +134,7 @@ class Config:
     written to ``config.json``). Each field declared with :func:`flag` is a command-line flag."""
 
     dataset: str = flag("fashion_mnist", "data", _dataset_help)
-    model: str = flag(
-        "small_cnn", "model", "the network", choices=_from("models", "available_models")
-    )
+    model: str = flag("small_cnn", "model", "the network", choices=models.available_models)
     loss: str = flag(
         "cross_entropy",
         "loss",
@@ -330,16 +300,12 @@ class Config:
 
 def _one_process_only(setting: str, instead: str) -> None:
     """Refuse ``setting`` in a multi-process run (one line naming what to use ``instead``)."""
-    import jax
-
     if jax.process_count() > 1:
         raise ValueError(f"{setting} runs on one process, not {jax.process_count()}; {instead}.")
 
 
 def validate(config: Config, *, num_devices: int) -> None:
     """Raise ValueError (one clear line) for any setting outside what is allowed."""
-    from robust_losses_jax import models
-
     losses.get_loss(config.loss, **config.loss_hparams)  # Unknown loss / bad hyperparameters.
     if config.model not in models.available_models():
         raise ValueError(

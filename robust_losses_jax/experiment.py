@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import json
+import shutil
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -145,8 +146,6 @@ def check_workdir(
 
 def clear_outputs(workdir: Path) -> None:
     """Remove a previous run's outputs from ``workdir`` (nothing else; process 0 only)."""
-    import shutil
-
     if not is_writer():
         return
     for pattern in OUTPUT_PATTERNS:

@@ -18,6 +18,7 @@ import fcntl
 import importlib.util
 import itertools
 import os
+import socket
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -25,42 +26,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from robust_losses_jax import user_data
+from robust_losses_jax.split import Split  # Every loader returns one; kept importable from here.
+
 Array = jax.Array
 Batch = dict[str, np.ndarray]
 
 KNOWN_DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "sklearn_digits")
 # Datasets trained with CIFAR augmentation (random crop with 4-pixel padding, horizontal flip).
 AUGMENTED_BY_DEFAULT = ("cifar10", "cifar100")
-
-
-@dataclasses.dataclass(frozen=True)
-class Split:
-    """A whole split in canonical order, on the host.
-
-    Attributes:
-      images: uint8 ``[N, H, W, C]``.
-      labels: int32 ``[N]``.
-      num_classes: number of classes of the dataset.
-      class_names: names of the classes (``str(i)`` when the dataset has none).
-    """
-
-    images: np.ndarray
-    labels: np.ndarray
-    num_classes: int
-    class_names: tuple[str, ...]
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def take(self, num_examples: int | None) -> Split:
-        """The first ``num_examples`` examples (all when None)."""
-        if num_examples is None:
-            return self
-        if not 1 <= num_examples <= len(self):
-            raise ValueError(f"num_examples={num_examples} must be in [1, {len(self)}].")
-        return dataclasses.replace(
-            self, images=self.images[:num_examples], labels=self.labels[:num_examples]
-        )
 
 
 class DatasetUnavailableError(RuntimeError):
@@ -89,8 +63,6 @@ _DOWNLOAD_PROBE = ("storage.googleapis.com", 443)
 
 def _network_reachable(timeout: float = 3.0) -> bool:
     """Whether a download can start: a proxy is configured, or tfds's storage answers at once."""
-    import socket
-
     if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
         return True
     try:
@@ -120,6 +92,8 @@ def load_builder(name: str, data_dir: str | None = None):
     tfds. A dataset that can be neither found nor downloaded raises
     :class:`DatasetUnavailableError` saying what to install or where to put the files.
     """
+    # tfds (and local_datasets, built on it) only when a tfds dataset is read: it is heavy, and
+    # the core runs without TensorFlow.
     import tensorflow_datasets as tfds
 
     from robust_losses_jax import local_datasets
@@ -180,8 +154,6 @@ def check_dataset(name: str, data_dir: str | None = None) -> None:
     ``folder:PATH`` are read and checked (:mod:`robust_losses_jax.user_data`). A tfds dataset
     without TensorFlow raises :class:`DatasetUnavailableError` (:func:`require_tensorflow`).
     """
-    from robust_losses_jax import user_data
-
     if user_data.is_user_dataset(name):
         for split in ("train", "test"):
             user_data.load_split(name, split)
@@ -189,7 +161,7 @@ def check_dataset(name: str, data_dir: str | None = None) -> None:
     require_tensorflow(name)
     if name in KNOWN_DATASETS:
         return
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds  # Only for a tfds dataset (heavy; TensorFlow optional).
 
     try:
         tfds.builder(name, data_dir=data_dir or default_data_dir())
@@ -221,14 +193,12 @@ def load_split(
         dataset without a test split).
       image_size: ``folder:PATH`` only: ``"H"`` or ``"HxW"`` (default: its most common size).
     """
-    from robust_losses_jax import user_data
-
     if user_data.is_user_dataset(name):
         loaded = user_data.load_split(name, split, image_size)
         if not num_examples or not len(loaded):
             return loaded
         return loaded.take(min(num_examples, len(loaded)))
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds  # Only for a tfds dataset (heavy; TensorFlow optional).
 
     builder = load_builder(name, data_dir)
     features = builder.info.features

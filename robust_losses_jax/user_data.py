@@ -21,8 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from robust_losses_jax import config as config_lib
-from robust_losses_jax.input_pipeline import Split
+from robust_losses_jax.split import Split
 
 NPZ_PREFIX = "npz:"
 FOLDER_PREFIX = "folder:"
@@ -34,6 +33,22 @@ FOLDER_RULE = (
     "resized (bilinear) to the most common height x width among them (ties: the larger), scaled "
     f"down, aspect kept, to at most {MAX_IMAGE_SIDE} on a side; --image-size=H[xW] sets it"
 )
+
+
+# The largest image side --image-size accepts.
+MAX_IMAGE_SIZE = 1024
+
+
+def parse_image_size(text: str) -> tuple[int, int]:
+    """``"H"`` or ``"HxW"`` as ``(height, width)``; ``ValueError`` (one line) otherwise."""
+    parts = str(text).lower().split("x")
+    if len(parts) in (1, 2) and all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        height, width = int(parts[0]), int(parts[-1])
+        if max(height, width) <= MAX_IMAGE_SIZE:
+            return height, width
+    raise ValueError(
+        f"image size {text!r} is not H or HxW (positive integers up to {MAX_IMAGE_SIZE})."
+    )
 
 
 def is_user_dataset(name: str) -> bool:
@@ -198,7 +213,7 @@ def load_folder(path: str | Path, image_size: str | None = None) -> Split:
             raise ValueError(f"folder:{path}: cannot read image {file} ({error}).") from None
     gray = all(m in ("1", "L", "LA", "I", "I;16", "F") for m in modes)
     height, width = (
-        config_lib.parse_image_size(image_size)
+        parse_image_size(image_size)
         if image_size
         else capped_size(max(sizes, key=lambda s: (sizes[s], s[0] * s[1], s)))
     )

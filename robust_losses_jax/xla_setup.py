@@ -66,7 +66,7 @@ def initialize_distributed(
     With no arguments, JAX reads the cluster from the environment (TPU pod slices, SLURM,
     Open MPI). On CPU, cross-process collectives go through gloo.
     """
-    import jax
+    import jax  # Here, not at the top: the entry points import this module before JAX may load.
 
     given = [x is not None for x in (coordinator_address, num_processes, process_id)]
     if any(given) and not all(given):
@@ -97,7 +97,7 @@ def enable_compilation_cache(path: str | None) -> None:
     """
     if not path:
         return
-    import jax
+    import jax  # Here, not at the top: the entry points import this module before JAX may load.
 
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)

@@ -52,7 +52,7 @@ def to_global(tree: Any) -> Any:
     """
     if jax.process_count() == 1:
         return tree
-    import orbax.checkpoint as ocp
+    import orbax.checkpoint as ocp  # Multi-process runs only: orbax is heavy to import.
 
     return jax.tree.map(ocp.utils.fully_replicated_host_local_array_to_global_array, tree)
 
