@@ -13,9 +13,8 @@ import numpy as np
 
 from robust_losses_jax import corruption, detection, input_pipeline, losses, models, user_data
 
-# Losses that de-weight or drop examples from the start, and so collapse from random weights
-# without a few epochs of cross-entropy first (../shared/README.md, reference runs).
-DELAYED_BY_DEFAULT = ("power", "cutoff")
+# Epochs of cross-entropy before a loss registered as ``delayed`` (power, cutoff: they de-weight
+# or drop examples from the start, and so collapse from random weights without them).
 DEFAULT_DELAY_EPOCHS = 2
 NOISE_KINDS = corruption.KINDS
 # What the training engine offers; it takes these lists from here (config imports no engine).
@@ -72,11 +71,10 @@ def flag(default: Any, group: str | None, help: str | Callable[[], str], **more:
 
 def resolved_delay(loss: str, delay_epochs: int | None) -> int:
     """Epochs of cross-entropy before ``loss``: ``delay_epochs``, or when None the default
-    (:data:`DEFAULT_DELAY_EPOCHS` for the losses in :data:`DELAYED_BY_DEFAULT`, else 0)."""
+    (:data:`DEFAULT_DELAY_EPOCHS` for a loss registered as ``delayed``, else 0)."""
     if delay_epochs is not None:
         return delay_epochs
-    robust = losses.canonical_name(loss) in DELAYED_BY_DEFAULT
-    return DEFAULT_DELAY_EPOCHS if robust else 0
+    return DEFAULT_DELAY_EPOCHS if losses.loss_spec(loss).delayed else 0
 
 
 def _dataset_help() -> str:

@@ -26,6 +26,7 @@ gives a NaN loss, never a silent 0, so the train step's finiteness check stops t
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Callable, Mapping
@@ -257,14 +258,6 @@ def _gce_weight(log_pt: Array, *, q: ArrayLike = 0.7, **_) -> Array:
     return _p_t_to_the(log_pt, q)
 
 
-_WEIGHTS: dict[str, Callable[..., Array]] = {
-    "power": _power_weight,
-    "cutoff": _cutoff_weight,
-    "focal": _focal_weight,
-    "gce": _gce_weight,
-}
-
-
 def gradient_weight(name: str, logits: ArrayLike, labels: ArrayLike, **hparams: Any) -> Array:
     """The factor by which loss ``name`` scales cross-entropy's gradient, per example, ``[...]``.
 
@@ -273,7 +266,7 @@ def gradient_weight(name: str, logits: ArrayLike, labels: ArrayLike, **hparams: 
     (reported, not meaningful). The same expressions the losses use, so a NaN ``p_t`` is kept by
     both (``power``/``cutoff``'s mask). ``hparams``: the loss's, defaults as in the loss.
     """
-    weight_fn = _WEIGHTS.get(canonical_name(name))
+    weight_fn = loss_spec(name).weight
     log_pt = log_p_t(logits, labels)
     if weight_fn is None:
         return jnp.ones_like(log_pt)
@@ -400,7 +393,10 @@ def _check_hparams(loss_name: str, **hparams: Any) -> None:
         values = _concrete_values(value)
         if values is None or values.size == 0:
             continue
-        low, high, low_ok, high_ok, allowed = _DOMAINS[name]
+        spec = _REGISTRY.get(loss_name)
+        low, high, low_ok, high_ok, allowed = (
+            spec.domains[name] if spec and name in spec.domains else _DOMAINS[name]
+        )
         above_low = (values > low) | (low_ok & (values == low))
         below_high = (values < high) | (high_ok & (values == high))
         if not np.all(above_low & below_high):  # NaN fails both comparisons.
@@ -409,43 +405,110 @@ def _check_hparams(loss_name: str, **hparams: Any) -> None:
             )
 
 
-_LOSSES: dict[str, LossFn] = {
-    "cross_entropy": cross_entropy,
-    "focal": focal,
-    "power": power,
-    "cutoff": cutoff,
-    "gce": gce,
-    "sce": sce,
-    "mae": mae,
-    "nce_rce": nce_rce,
-    "nce_mae": nce_mae,
-    "anl_ce": anl_ce,
-    "poly1": poly1,
-}
-_ALIASES: dict[str, str] = {"ce": "cross_entropy", "blurry": "power", "piecewise_zero": "cutoff"}
+Domain = tuple[float, float, bool, bool, str]  # low, high, low allowed, high allowed, in words.
 
-# Hyperparameters each loss takes, with their defaults (read off the signatures once).
-_HPARAMS: dict[str, dict[str, Any]] = {
-    name: dict(fn.__kwdefaults__ or {}) for name, fn in _LOSSES.items()
-}
+
+@dataclasses.dataclass(frozen=True)
+class LossSpec:
+    """A loss, described once: everything the library, the command line and the docs need.
+
+    Attributes:
+      name: the canonical name (``--loss=NAME``).
+      fn: ``fn(logits [..., C], labels [...], *, **hparams) -> [...]``; its keyword-only
+        arguments and their defaults are the loss's hyperparameters.
+      description: one line for ``--help``; default: the first line of ``fn``'s docstring.
+      aliases: other names accepted for it.
+      weight: ``weight(log_p_t, **hparams) -> [...]``, the factor by which the loss scales
+        cross-entropy's gradient (None: not defined, reported as 1).
+      delayed: trained after ``config.DEFAULT_DELAY_EPOCHS`` of cross-entropy by default.
+      domains: the allowed values of hyperparameters that :data:`_DOMAINS` does not know (a
+        name there keeps its shared domain unless given here).
+    """
+
+    name: str
+    fn: LossFn
+    description: str = ""
+    aliases: tuple[str, ...] = ()
+    weight: Callable[..., Array] | None = None
+    delayed: bool = False
+    domains: Mapping[str, Domain] = dataclasses.field(default_factory=dict)
+
+    @property
+    def summary(self) -> str:
+        """:attr:`description`, or the first line of ``fn``'s docstring."""
+        return self.description or (self.fn.__doc__ or self.name).strip().splitlines()[0]
+
+    @property
+    def hparams(self) -> dict[str, Any]:
+        """The hyperparameters with their defaults, read off ``fn``'s signature."""
+        return dict(self.fn.__kwdefaults__ or {})
+
+
+_REGISTRY: dict[str, LossSpec] = {}
+_ALIASES: dict[str, str] = {}
+
+
+def register_loss(spec: LossSpec) -> LossSpec:
+    """Add ``spec`` to the losses every part of the project offers (``--loss``, the sweep,
+    config validation, :func:`get_loss`); returns it. ``ValueError`` for a name or alias that
+    is taken, or a hyperparameter without a domain."""
+    for name in (spec.name, *spec.aliases):
+        if name in _REGISTRY or name in _ALIASES:
+            raise ValueError(f"a loss named {name!r} is already registered.")
+    numeric = [k for k, v in spec.hparams.items() if not isinstance(v, bool)]  # power's detach.
+    unknown = sorted(k for k in numeric if k not in spec.domains and k not in _DOMAINS)
+    if unknown:
+        raise ValueError(
+            f"{spec.name}: hyperparameter(s) {', '.join(unknown)} need a domain "
+            "(LossSpec.domains: name -> (low, high, low allowed, high allowed, in words))."
+        )
+    _REGISTRY[spec.name] = spec
+    _ALIASES.update({alias: spec.name for alias in spec.aliases})
+    return spec
+
+
+def loss_spec(name: str) -> LossSpec:
+    """The :class:`LossSpec` of ``name`` (an alias works); else ValueError."""
+    return _REGISTRY[canonical_name(name)]
+
+
+def registered_losses() -> tuple[LossSpec, ...]:
+    """Every registered loss, in registration order."""
+    return tuple(_REGISTRY.values())
+
+
+for _spec in (
+    LossSpec("cross_entropy", cross_entropy, aliases=("ce",)),
+    LossSpec("focal", focal, weight=_focal_weight),
+    LossSpec("power", power, aliases=("blurry",), weight=_power_weight, delayed=True),
+    LossSpec("cutoff", cutoff, aliases=("piecewise_zero",), weight=_cutoff_weight, delayed=True),
+    LossSpec("gce", gce, weight=_gce_weight),
+    LossSpec("sce", sce),
+    LossSpec("mae", mae),
+    LossSpec("nce_rce", nce_rce),
+    LossSpec("nce_mae", nce_mae),
+    LossSpec("anl_ce", anl_ce),
+    LossSpec("poly1", poly1),
+):
+    register_loss(_spec)
 
 
 def available_losses() -> tuple[str, ...]:
     """Every name :func:`get_loss` accepts, aliases included, sorted."""
-    return tuple(sorted([*_LOSSES, *_ALIASES]))
+    return tuple(sorted([*_REGISTRY, *_ALIASES]))
 
 
 def canonical_name(name: str) -> str:
     """The registry name behind ``name`` (``'ce'`` gives ``'cross_entropy'``); else ValueError."""
     name = _ALIASES.get(name, name)
-    if name not in _LOSSES:
+    if name not in _REGISTRY:
         raise ValueError(f"Unknown loss {name!r}; available: {', '.join(available_losses())}.")
     return name
 
 
 def loss_hparams(name: str) -> Mapping[str, Any]:
     """The hyperparameters of loss ``name`` with their default values."""
-    return dict(_HPARAMS[canonical_name(name)])
+    return loss_spec(name).hparams
 
 
 def get_loss(name: str, **hparams: Any) -> LossFn:
@@ -465,7 +528,7 @@ def get_loss(name: str, **hparams: Any) -> LossFn:
         domain.
     """
     canonical = canonical_name(name)
-    allowed = _HPARAMS[canonical]
+    allowed = _REGISTRY[canonical].hparams
     unknown = sorted(set(hparams) - set(allowed))
     if unknown:
         takes = ", ".join(allowed) if allowed else "no hyperparameters"
@@ -473,5 +536,5 @@ def get_loss(name: str, **hparams: Any) -> LossFn:
     if "detach" in hparams and not isinstance(hparams["detach"], bool):
         raise ValueError(f"power: detach={hparams['detach']!r} must be True or False.")
     _check_hparams(canonical, **{k: v for k, v in hparams.items() if k != "detach"})
-    fn = _LOSSES[canonical]
+    fn = _REGISTRY[canonical].fn
     return functools.partial(fn, **hparams) if hparams else fn

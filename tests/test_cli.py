@@ -117,7 +117,7 @@ def test_flags_whose_names_or_values_differ_from_the_field(flags, fields):
 
 
 def test_loss_flags_fill_loss_hparams():
-    for name in cli.LOSS_FLAGS:
+    for name in cli.loss_flags():
         flag = f"--{name.replace('_', '-')}=0.5"
         assert parse([flag]) == config_lib.Config(loss_hparams={name: 0.5}), flag
 

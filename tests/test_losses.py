@@ -521,3 +521,45 @@ def test_gradient_weight_keeps_nan_as_the_loss_does():
         assert np.isnan(losses.get_loss(name, tau=0.5)(logits, labels)[0])
         weight = losses.gradient_weight(name, logits, labels, tau=0.5)
         assert weight[0] != 0.0  # NaN (power) or 1 (cutoff).
+
+
+def test_the_registry_describes_every_loss_once():
+    specs = {spec.name: spec for spec in losses.registered_losses()}
+    assert set(specs) == set(CANONICAL)
+    assert {losses.canonical_name(a) for a in ("ce", "blurry", "piecewise_zero")} == {
+        "cross_entropy",
+        "power",
+        "cutoff",
+    }
+    assert [n for n, s in specs.items() if s.delayed] == ["power", "cutoff"]
+    assert specs["gce"].summary.startswith("Generalised cross-entropy")
+    assert losses.loss_hparams("power") == {"gamma": 2.0, "tau": 0.0, "detach": True}
+
+
+def test_register_loss_makes_a_new_loss_available_and_checks_it(monkeypatch):
+    from robust_losses_jax.commands import cli
+
+    monkeypatch.setattr(losses, "_REGISTRY", dict(losses._REGISTRY))
+    monkeypatch.setattr(losses, "_ALIASES", dict(losses._ALIASES))
+
+    def squared(logits, labels, *, strength=1.0):
+        """Squared error on p_t: ``strength * (1 - p_t)**2``."""
+        return strength * (1.0 - losses.p_t(logits, labels)) ** 2
+
+    with pytest.raises(ValueError, match=r"strength need a domain"):
+        losses.register_loss(losses.LossSpec("squared", squared))
+    domain = (0.0, math.inf, False, False, "strength > 0")
+    spec = losses.LossSpec("squared", squared, aliases=("sq",), domains={"strength": domain})
+    losses.register_loss(spec)
+    assert "squared" in losses.available_losses() and losses.loss_spec("sq") is spec
+    assert "strength" in cli.loss_flags()
+    logits = jnp.array([[2.0, 0.0]])
+    want = 2.0 * (1 - jax.nn.softmax(logits)[0, 0]) ** 2
+    got = losses.get_loss("sq", strength=2.0)(logits, jnp.array([0]))
+    np.testing.assert_allclose(got, [want], rtol=1e-6)
+    with pytest.raises(
+        ValueError, match=r"strength=-1.0 is outside its domain; allowed: strength > 0"
+    ):
+        losses.get_loss("squared", strength=-1.0)
+    with pytest.raises(ValueError, match=r"a loss named 'ce' is already registered"):
+        losses.register_loss(losses.LossSpec("ce", squared, domains=spec.domains))

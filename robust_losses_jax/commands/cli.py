@@ -4,7 +4,7 @@ one-line errors and ``--version``.
 Every field of :class:`robust_losses_jax.config.Config` declared with ``config.flag`` is a flag:
 its name (``--noise-rate`` for ``noise_rate``, or the metadata's ``flag``), type, default, help,
 group and allowed values come from the field. The loss's hyperparameters are the flags of
-:data:`LOSS_FLAGS`, which fill ``loss_hparams``; ``--tau=auto`` sets ``auto_tau`` instead.
+:func:`loss_flags`, which fill ``loss_hparams``; ``--tau=auto`` sets ``auto_tau`` instead.
 
 Values are layered: Config's defaults < an entry point's own (``parser.set_defaults``) <
 ``--preset`` < the flags typed (a flag typed wins even where it equals a default).
@@ -27,7 +27,18 @@ from typing import TYPE_CHECKING, Any, NoReturn
 if TYPE_CHECKING:
     from robust_losses_jax.config import Config
 
-LOSS_FLAGS = ("gamma", "tau", "q", "alpha", "beta", "epsilon", "min_prob", "label_clamp")
+
+def loss_flags() -> tuple[str, ...]:
+    """The loss hyperparameter flags: every registered loss's numeric hyperparameters (a
+    plugin's too), in order of first appearance."""
+    from robust_losses_jax import losses
+
+    names: list[str] = []
+    for spec in losses.registered_losses():
+        names += [k for k, v in spec.hparams.items() if not isinstance(v, bool) and k not in names]
+    return tuple(names)
+
+
 AUTO = "auto"  # --tau=auto: auto_tau.
 # Set (unless already set) before TensorFlow or XLA starts: their C++ start-up logs.
 QUIET_ENVIRONMENT = {
@@ -355,7 +366,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> dict[str, Any]:
         container = parser if meta["group"] is None else groups[meta["group"]]
         add_flag(container, name, help=_called(meta["help"]), allowed=_called(meta.get("choices")),
                  none=meta.get("none"), **kwargs)  # fmt: skip
-    for name in LOSS_FLAGS:
+    for name in loss_flags():
         add_flag(groups["loss"], f"--{name.replace('_', '-')}", dest=name, default=None,
                  type=tau_value if name == "tau" else float, metavar=name.upper(),
                  help=loss_flag_help(name), none="the loss's own")  # fmt: skip
@@ -368,7 +379,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     from robust_losses_jax import config as config_lib
 
     names = {f.name for f in dataclasses.fields(config_lib.Config)} - {"loss_hparams", "auto_tau"}
-    hparams = {k: getattr(args, k) for k in LOSS_FLAGS if getattr(args, k, None) is not None}
+    hparams = {k: getattr(args, k) for k in loss_flags() if getattr(args, k, None) is not None}
     auto_tau = hparams.get("tau") == AUTO
     if auto_tau:
         del hparams["tau"]

@@ -21,8 +21,6 @@ from robust_losses_jax.commands import cli
 if TYPE_CHECKING:
     from robust_losses_jax.config import Config
 
-LOSS_FLAGS = cli.LOSS_FLAGS
-
 
 def build_parser() -> cli.ConfigParser:
     """The runner's flags: one per ``Config`` field (``commands.cli``) and the run's own.

@@ -69,11 +69,10 @@ METRICS = (
 def parse_losses(text: str) -> list[tuple[str, dict[str, float]]]:
     """``"ce;power:gamma=2,tau=0.1"`` -> ``[("ce", {}), ("power", {"gamma": 2.0, "tau": 0.1})]``.
 
-    Hyperparameter names are the runner's loss flags (``commands.run.LOSS_FLAGS``), exactly,
+    Hyperparameter names are the runner's loss flags (``commands.cli.loss_flags()``), exactly,
     each at most once per loss.
     """
-    from robust_losses_jax.commands.run import LOSS_FLAGS
-
+    loss_flags = cli.loss_flags()
     out = []
     for item in filter(None, (part.strip() for part in text.replace(";", "\n").splitlines())):
         name, _, params = item.partition(":")
@@ -83,10 +82,10 @@ def parse_losses(text: str) -> list[tuple[str, dict[str, float]]]:
             if not eq:
                 raise ValueError(f"loss hyperparameter {pair!r} in {item!r} must be key=value.")
             key = key.strip()
-            if key not in LOSS_FLAGS:
+            if key not in loss_flags:
                 raise ValueError(
                     f"loss hyperparameter {key!r} in {item!r} is not one of "
-                    f"{', '.join(LOSS_FLAGS)} (exact names)."
+                    f"{', '.join(loss_flags)} (exact names)."
                 )
             if key in hparams:
                 raise ValueError(f"loss hyperparameter {key!r} is repeated in {item!r}.")
@@ -232,15 +231,13 @@ def run_parser() -> argparse.ArgumentParser:
 
 def parse_run_flags(flags: list[str]) -> argparse.Namespace:
     """The flags after ``--`` (the same for every cell): runner flags, none that the sweep sets."""
-    from robust_losses_jax.commands.run import LOSS_FLAGS
-
     args = run_parser().parse_args(flags)
     for flag in flags:
         name = flag.partition("=")[0]  # Parsed: an exact runner flag, or a value.
         if name in NOT_FOR_SWEEPS:
             raise ValueError(f"run flag {flag} after -- is not for sweeps: {NOT_FOR_SWEEPS[name]}.")
         hparam = name.removeprefix("--").replace("-", "_")
-        if name in SWEEP_SETS or (name.startswith("--") and hparam in LOSS_FLAGS):
+        if name in SWEEP_SETS or (name.startswith("--") and hparam in cli.loss_flags()):
             axis = SWEEP_SETS.get(name, f"--losses (per loss: --losses=LOSS:{hparam}=VALUE)")
             raise ValueError(
                 f"run flag {flag} after -- overrides what the sweep sets per cell; use the "
