@@ -91,6 +91,36 @@ def prepare_process(argv: Sequence[str]) -> None:
 
     quiet_startup(argv)
     xla_setup.configure_cpu()
+    load_plugins(argv)
+
+
+PLUGIN_HELP = (
+    "import MODULE (importable: on PYTHONPATH or installed) before the flags are read, so the "
+    "losses it registers are choices (docs/extending.md); repeatable"
+)
+
+
+def plugin_modules(argv: Sequence[str]) -> list[str]:
+    """The modules ``--plugin=MODULE`` or ``--plugin MODULE`` name in ``argv``, in order."""
+    names = []
+    for i, arg in enumerate(argv):
+        if arg.startswith("--plugin="):
+            names.append(arg.partition("=")[2])
+        elif arg == "--plugin" and i + 1 < len(argv):
+            names.append(argv[i + 1])
+    return names
+
+
+def load_plugins(argv: Sequence[str]) -> None:
+    """Import each ``--plugin`` module; one that cannot be imported is one ``error:`` line on
+    stderr and exit code 2."""
+    for name in plugin_modules(argv):
+        try:
+            importlib.import_module(name)
+        except Exception as error:  # Whatever the user's module raises: one line, exit 2.
+            message = " ".join(f"{type(error).__name__}: {error}".split())
+            print(f"error: --plugin={name}: cannot import it ({message}).", file=sys.stderr)
+            raise SystemExit(2) from None
 
 
 class _AfterImport(importlib.abc.MetaPathFinder):
@@ -350,6 +380,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> dict[str, Any]:
     from robust_losses_jax import config as config_lib
 
     groups = {name: parser.add_argument_group(name) for name in config_lib.FLAG_GROUPS}
+    # Parsed only to be accepted: prepare_process has imported every one (load_plugins).
+    add_flag(parser, "--plugin", default=None, metavar="MODULE", help=PLUGIN_HELP)
     hints = typing.get_type_hints(config_lib.Config)
     for field in flag_fields():
         meta = field.metadata

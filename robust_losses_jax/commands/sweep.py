@@ -412,6 +412,7 @@ def build_parser() -> cli.Parser:
     parser = cli.Parser(prog="robust-losses sweep", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=cli.version_text())
     parser.add_argument("--workdir", default="workdir/sweep", help="where the cells' folders go")
+    cli.add_flag(parser, "--plugin", default=None, metavar="MODULE", help=cli.PLUGIN_HELP)
     parser.add_argument(
         "--losses", default=DEFAULT_LOSSES,
         help="loss[:hparam=value,...];... (hyperparameters: the runner's loss flags)",
