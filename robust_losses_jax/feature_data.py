@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-NPZ_PREFIX = "npz:"
+from robust_losses_jax.user_data import NPZ_PREFIX, open_npz
+
 FEATURE_KEYS = ("train_features", "train_labels", "test_features", "test_labels")
 
 
@@ -43,9 +44,9 @@ def holds_features(dataset: str) -> bool:
     if not dataset.startswith(NPZ_PREFIX):
         return False
     try:
-        with np.load(dataset.removeprefix(NPZ_PREFIX), allow_pickle=False) as data:
+        with open_npz(dataset.removeprefix(NPZ_PREFIX)) as data:
             return "train_features" in data.files
-    except (OSError, ValueError):
+    except ValueError:
         return False  # The images loader names what is wrong with the file.
 
 
@@ -81,11 +82,7 @@ def _labels(where: str, key: str, labels: np.ndarray, rows: int, num_classes: in
 def load_features(path: str | Path) -> FeatureSplits:
     """The features npz at ``path`` (see the module docstring), checked."""
     where = f"npz:{path}"
-    try:
-        data = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as error:
-        raise ValueError(f"--dataset={where}: cannot read it as a .npz file ({error}).") from None
-    with data:
+    with open_npz(path) as data:
         if "train_labels" not in data.files:
             raise ValueError(f"{where} has train_features but no train_labels; has {data.files}.")
         try:

@@ -83,14 +83,19 @@ def _check_labels(where: str, array: str, labels: np.ndarray, num_images: int) -
         )
 
 
+def open_npz(path: str | Path) -> np.lib.npyio.NpzFile:
+    """The npz at ``path``, opened lazily (no pickles); ``ValueError`` (one line) if unreadable."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        message = f"--dataset=npz:{path}: cannot read it as a .npz file ({error})."
+        raise ValueError(message) from None
+
+
 def load_npz_split(path: str, split: str) -> Split:
     """A split of ``npz:PATH`` (see the module docstring), checked, as host arrays."""
     where = f"npz:{path}"
-    try:
-        data = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as error:
-        raise ValueError(f"--dataset={where}: cannot read it as a .npz file ({error}).") from None
-    with data:
+    with open_npz(path) as data:
         missing = [k for k in ("train_images", "train_labels") if k not in data.files]
         if missing:
             raise ValueError(
