@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from robust_losses_jax import audit, config, retrain
-from robust_losses_jax.commands import find_errors
 
 
 def issues_of(given, probs, flagged):
@@ -56,8 +55,3 @@ def test_retrain_config_is_one_fresh_model_on_labels_as_given():
     same = retrain.retrain_config(dataclasses.replace(audit_cfg, loss_hparams={"q": 0.5}), "gce")
     assert same.loss_hparams == {"q": 0.5}
     config.validate(cfg, num_devices=1)
-
-
-def test_the_command_shows_the_library_settings():
-    assert find_errors.RETRAIN_MODES == retrain.RETRAIN_MODES
-    assert find_errors.RELABEL_MIN_PROB == retrain.RELABEL_MIN_PROB

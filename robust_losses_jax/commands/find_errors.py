@@ -39,8 +39,6 @@ from pathlib import Path
 
 from robust_losses_jax.commands import cli, run
 
-RETRAIN_MODES = ("drop", "relabel")  # retrain.RETRAIN_MODES, without importing jax for --help.
-RELABEL_MIN_PROB = 0.9  # retrain.RELABEL_MIN_PROB; a test keeps the two equal.
 CONFUSED_PAIRS_SHOWN = 5  # Given -> suggested class pairs on stdout and in summary.json.
 
 # Measured: docs/detection.md ("Which detector") has the commands and the versions.
@@ -58,7 +56,7 @@ WHICH_DETECTOR = (
 def build_parser() -> cli.ConfigParser:
     """The runner's flags with the audit's defaults (``audit.AUDIT_DEFAULTS``; a ``--preset``
     and the flags typed override them), and the audit's own."""
-    from robust_losses_jax import audit
+    from robust_losses_jax import audit, retrain
 
     parser = run.build_parser()
     parser.prog = "robust-losses find-errors"
@@ -88,9 +86,9 @@ def build_parser() -> cli.ConfigParser:
         parser.groups["detection"],
         "--retrain-mode",
         default="drop",
-        allowed=RETRAIN_MODES,
+        allowed=retrain.RETRAIN_MODES,
         help="drop the flagged examples, or relabel those whose suggested class has probability "
-        f">= {RELABEL_MIN_PROB} (dropping the rest)",
+        f">= {retrain.RELABEL_MIN_PROB} (dropping the rest)",
     )
     cli.add_flag(
         parser.groups["detection"],
@@ -294,8 +292,8 @@ def clean_and_retrain(args, cfg, train, test, issues, workdir: Path) -> dict:
 
 
 def write_outputs(workdir: Path, cfg, images, issues, top: int) -> None:
-    """``label_issues.csv``, ``pred_probs.npy``, the suspects' grid ``label_issues.png`` and the
-    noise matrix (``noise_matrix.csv``, ``noise_matrix.png``)."""
+    """``label_issues.csv``, ``pred_probs.npy``, the suspects' grid ``label_issues.png`` (not
+    for ``images=None``: features) and the noise matrix (``noise_matrix.csv``, ``.png``)."""
     import numpy as np
 
     from robust_losses_jax import audit, records
@@ -305,11 +303,12 @@ def write_outputs(workdir: Path, cfg, images, issues, top: int) -> None:
     records.atomic_write(
         workdir / "pred_probs.npy", lambda f: np.save(f, issues.pred_probs), mode="wb"
     )
-    report.label_issues_grid(
-        images, issues, workdir / "label_issues.png", top,
-        title=f"{cfg.dataset}: the {min(top, len(images))} most suspect labels "
-        f"(red: flagged)",
-    )  # fmt: skip
+    if images is not None:
+        report.label_issues_grid(
+            images, issues, workdir / "label_issues.png", top,
+            title=f"{cfg.dataset}: the {min(top, len(images))} most suspect labels "
+            f"(red: flagged)",
+        )  # fmt: skip
     records.atomic_write(
         workdir / "noise_matrix.csv", lambda f: f.write(audit.noise_matrix_csv(issues))
     )
@@ -419,10 +418,7 @@ def load_feature_inputs(args, typed: frozenset[str], workdir: Path):
 def audit_features(args, typed: frozenset[str], workdir: Path, start: float) -> int:
     """``find-errors`` on an npz of features: one probe, the same outputs as for images but
     the images' grid."""
-    import numpy as np
-
     from robust_losses_jax import audit, records
-    from robust_losses_jax.commands import report
     from robust_losses_jax.training import loop
 
     try:
@@ -440,14 +436,7 @@ def audit_features(args, typed: frozenset[str], workdir: Path, start: float) -> 
         return 1
     issues = result.issues
     workdir.mkdir(parents=True, exist_ok=True)
-    records.atomic_write(workdir / "label_issues.csv", lambda f: f.write(audit.issues_csv(issues)))
-    records.atomic_write(
-        workdir / "pred_probs.npy", lambda f: np.save(f, issues.pred_probs), mode="wb"
-    )
-    records.atomic_write(
-        workdir / "noise_matrix.csv", lambda f: f.write(audit.noise_matrix_csv(issues))
-    )
-    report.noise_matrix_heatmap(issues, workdir / "noise_matrix.png")
+    write_outputs(workdir, cfg, None, issues, args.top)
     run_summary = {"test_accuracy": result.test_accuracy, "probe_seconds": round(result.seconds, 2)}
     fit = fit_report(issues, cfg, run_summary)
     summary = audit_summary(
