@@ -358,11 +358,9 @@ def find_feature_issues(
     params = probe.train_probe(cfg, (features[~held] - mean) / std, labels[~held], num_classes)
     logits = probe.probe_logits(cfg, params, (features - mean) / std, num_classes)
     probs = np.asarray(jax.nn.softmax(logits.astype(np.float64), axis=-1))
-    margin = log_margin(probs, labels)
-    issues = rank_label_issues(
-        labels, probs, margin=margin, is_label_issue=probs.argmax(1) != labels,
-        class_names=class_names,
-    )  # fmt: skip
+    issues = rank_label_issues(  # Its default margin: log_margin of these probabilities.
+        labels, probs, is_label_issue=probs.argmax(1) != labels, class_names=class_names
+    )
     test_accuracy = None
     if len(test_features):
         test_logits = probe.probe_logits(cfg, params, (test_features - mean) / std, num_classes)
