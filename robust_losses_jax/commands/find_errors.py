@@ -324,14 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    from robust_losses_jax import (
-        audit,
-        experiment,
-        feature_data,
-        input_pipeline,
-        records,
-        user_data,
-    )
+    from robust_losses_jax import feature_data, input_pipeline, records
     from robust_losses_jax.training import checkpoints, loop
 
     run.xla_setup.enable_compilation_cache(args.compilation_cache)
@@ -343,38 +336,49 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError, input_pipeline.DatasetUnavailableError) as error:
         print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
-    names = train.class_names
+    try:
+        issues, run_summary = find_issues(args, cfg, train, test, probs, workdir)
+        if not records.is_writer():
+            return 0
+        write_outputs(workdir, cfg, train.images, issues, args.top)
+        retrained = (
+            clean_and_retrain(args, cfg, train, test, issues, workdir) if args.retrain else None
+        )
+    except (loop.NonFiniteError, checkpoints.CheckpointError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    finish_audit(workdir, cfg, issues, run_summary, start, retrained)
+    return 0
+
+
+def find_issues(args, cfg, train, test, probs, workdir: Path):
+    """``(LabelIssues, the run's summary)``: ``--pred-probs`` ranked (no run: None), or the
+    audit's models trained; with each file's path for a folder dataset."""
+    from robust_losses_jax import audit, experiment, user_data
+
     run_summary = None
     if probs is not None:
         workdir.mkdir(parents=True, exist_ok=True)
         issues = audit.rank_label_issues(
-            train.labels, probs, filter_by=cfg.cl_filter_by, class_names=names
+            train.labels, probs, filter_by=cfg.cl_filter_by, class_names=train.class_names
         )
     else:
-        try:
-            run_summary = experiment.train_and_evaluate(
-                cfg, workdir, data_dir=args.data_dir, resume=args.resume,
-                overwrite=args.overwrite, progress=args.progress, log=lambda _: None,
-                splits=(train, test),
-            )  # fmt: skip
-        except (loop.NonFiniteError, checkpoints.CheckpointError) as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 1
-        issues = audit.issues_from_run(workdir, cfg, names)
-    if not records.is_writer():
-        return 0
+        run_summary = experiment.train_and_evaluate(
+            cfg, workdir, data_dir=args.data_dir, resume=args.resume, overwrite=args.overwrite,
+            progress=args.progress, log=lambda _: None, splits=(train, test),
+        )  # fmt: skip
+        issues = audit.issues_from_run(workdir, cfg, train.class_names)
     if cfg.dataset.startswith(user_data.FOLDER_PREFIX):
         paths = user_data.folder_paths(cfg.dataset.removeprefix(user_data.FOLDER_PREFIX))
         issues = dataclasses.replace(issues, paths=paths[: len(train)])
-    write_outputs(workdir, cfg, train.images, issues, args.top)
+    return issues, run_summary
+
+
+def finish_audit(workdir: Path, cfg, issues, run_summary, start: float, retrained=None) -> None:
+    """The fit, ``summary.json`` (with ``retrain`` where it ran) and the last lines on stdout."""
+    from robust_losses_jax import records
+
     fit = fit_report(issues, cfg, run_summary)
-    retrained = None
-    if args.retrain:
-        try:
-            retrained = clean_and_retrain(args, cfg, train, test, issues, workdir)
-        except (loop.NonFiniteError, checkpoints.CheckpointError) as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 1
     summary = audit_summary(
         issues, cfg, fit, dataset=cfg.dataset, seconds=time.perf_counter() - start,
         run_summary=run_summary,
@@ -383,7 +387,6 @@ def main(argv: list[str] | None = None) -> int:
         summary["retrain"] = retrained
     records.write_json(workdir / "summary.json", summary)
     print_result(summary, fit, workdir / "label_issues.csv", issues.estimated_noise_rate)
-    return 0
 
 
 def load_feature_inputs(args, typed: frozenset[str], workdir: Path):
@@ -418,7 +421,7 @@ def load_feature_inputs(args, typed: frozenset[str], workdir: Path):
 def audit_features(args, typed: frozenset[str], workdir: Path, start: float) -> int:
     """``find-errors`` on an npz of features: one probe, the same outputs as for images but
     the images' grid."""
-    from robust_losses_jax import audit, records
+    from robust_losses_jax import audit
     from robust_losses_jax.training import loop
 
     try:
@@ -438,13 +441,7 @@ def audit_features(args, typed: frozenset[str], workdir: Path, start: float) -> 
     workdir.mkdir(parents=True, exist_ok=True)
     write_outputs(workdir, cfg, None, issues, args.top)
     run_summary = {"test_accuracy": result.test_accuracy, "probe_seconds": round(result.seconds, 2)}
-    fit = fit_report(issues, cfg, run_summary)
-    summary = audit_summary(
-        issues, cfg, fit, dataset=cfg.dataset, seconds=time.perf_counter() - start,
-        run_summary=run_summary,
-    )  # fmt: skip
-    records.write_json(workdir / "summary.json", summary)
-    print_result(summary, fit, workdir / "label_issues.csv", issues.estimated_noise_rate)
+    finish_audit(workdir, cfg, issues, run_summary, start)
     return 0
 
 
