@@ -31,7 +31,7 @@ import jax
 import numpy as np
 
 from robust_losses_jax import config as config_lib
-from robust_losses_jax import detection, experiment, input_pipeline, probe
+from robust_losses_jax import detection, experiment, input_pipeline, probe, protocols
 from robust_losses_jax.protocols import in_sample
 
 # The audit's defaults where they differ from the runner's (``config.Config``): nothing
@@ -372,11 +372,7 @@ def find_feature_issues(
 def issues_from_run(run_dir: Path, cfg: config_lib.Config, class_names: Sequence[str]):
     """:class:`LabelIssues` from a finished run's ``predictions.npz``."""
     with np.load(Path(run_dir) / "predictions.npz") as pred:
-        flags = None  # Confident Learning's, on the K fold models' out-of-sample probabilities.
-        if cfg.detector == "aum":
-            flags = pred["is_flagged_aum"]
-        elif cfg.detector == "pt":  # The in-sample protocol's own: another class predicted.
-            flags = pred["pred"] != pred["given_label"]
+        flags = protocols.detector(cfg.detector).flags(pred)
         issues = rank_label_issues(
             pred["given_label"], pred["probs"], filter_by=cfg.cl_filter_by,
             margin=pred["margin"], is_label_issue=flags, class_names=class_names,
@@ -407,22 +403,12 @@ def check_training_split(split: Any, *, where: str) -> None:
 
 
 def check_settings(split: Any, cfg: config_lib.Config, *, num_test: int = 0) -> None:
-    """Refuse (one ``ValueError`` line) settings the split cannot train: for K-fold Confident
-    Learning a class with fewer examples than ``cfg.folds``; a batch larger than the examples
-    each model trains on (``num_test``: the test split's size, which decides ``--holdout=auto``)."""
-    per_model = len(split.labels)
-    if cfg.detector == "pt":
-        per_model -= round(in_sample.holdout_fraction(cfg, num_test) * per_model)
-    if cfg.detector == "cl":
-        counts = np.bincount(split.labels, minlength=split.num_classes)
-        small = [k for k in range(split.num_classes) if 0 < counts[k] < cfg.folds]
-        if small:
-            k = small[0]
-            raise ValueError(
-                f"class {split.class_names[k]!r} has {counts[k]} example(s), fewer than the "
-                f"{cfg.folds} folds (--folds); use fewer folds or drop the class."
-            )
-        per_model -= -(-per_model // cfg.folds)  # Each fold model trains without its fold.
+    """Refuse (one ``ValueError`` line) settings the split cannot train: what the detector
+    refuses (:attr:`protocols.Detector.check_data`: for K-fold Confident Learning a class with
+    fewer examples than ``cfg.folds``); a batch larger than the examples each model trains on
+    (``num_test``: the test split's size, which decides ``--holdout=auto``)."""
+    check_data = protocols.detector(cfg.detector).check_data
+    per_model = check_data(cfg, split, num_test) if check_data else len(split.labels)
     if cfg.batch_size > per_model:
         raise ValueError(
             f"--batch-size {cfg.batch_size} exceeds the {per_model} examples each model trains "

@@ -22,7 +22,6 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 LR_SCHEDULES = ("constant", "cosine", "step")
 PARALLEL_MODES = ("pmap", "shard_map")
 DTYPES = ("float32", "bfloat16")
-DETECTORS = ("pt", "cl", "aum")
 DATA_PLACEMENTS = ("auto", "device", "stream")
 # AUM's decision rules (detection.aum_detect).
 AUM_RULES = detection.AUM_RULES
@@ -63,7 +62,9 @@ def flag(default: Any, group: str | None, help: str | Callable[[], str], **more:
         ``delay_epochs``); ``choices``: the allowed values, listed by ``--help`` (:func:`validate`
         checks them); ``parse``: reads a typed value where the field's type cannot (``str ->
         value``; ``ValueError`` or ``OSError`` for a bad one); ``none``: what a default of None
-        means. ``help`` and ``choices`` may be functions of no arguments, called when the parser
+        means; ``registry``: the choices are what a registry above config holds (``detectors``:
+        ``protocols.registered_detectors``), listed by the parser and checked where it is looked
+        up. ``help`` and ``choices`` may be functions of no arguments, called when the parser
         is built.
     """
     return dataclasses.field(default=default, metadata={"group": group, "help": help, **more})
@@ -202,16 +203,9 @@ class Config:
     dtype: str = flag("float32", "model", "compute dtype", choices=DTYPES)
     parallel: str = flag("pmap", "training", "data parallelism", choices=PARALLEL_MODES)
     pt_threshold: float = flag(0.5, "detection", "pt: flag an example when p_t is below this")
-    # How label errors are found: "pt" (in-sample p_t of one run), "cl" (K-fold out-of-sample
-    # probabilities + Confident Learning), "aum" (area under the margin, two runs).
-    detector: str = flag(
-        "pt",
-        "detection",
-        "how label errors are found: pt (in-sample p_t of one run), cl "
-        "(K-fold out-of-sample probabilities + Confident Learning), aum (area under the "
-        "margin, two runs)",
-        choices=DETECTORS,
-    )
+    # How label errors are found: a detector registered with protocols.register_detector (its
+    # choices and their help come from there; config imports no protocol).
+    detector: str = flag("pt", "detection", "how label errors are found", registry="detectors")
     folds: int = flag(5, "detection", "cl: folds (fresh models, each without its fold)")
     # pt: a random slice of the given labels kept out of training and predicted out-of-sample,
     # so that how well the model generalises is known without a clean test split.
@@ -303,43 +297,55 @@ def _one_process_only(setting: str, instead: str) -> None:
 
 
 def validate(config: Config, *, num_devices: int) -> None:
-    """Raise ValueError (one clear line) for any setting outside what is allowed."""
+    """Raise ValueError (one clear line) for any setting outside what is allowed.
+
+    The detector (a registry above config) is checked where it is looked up:
+    ``protocols.validate`` runs this, then its checks.
+    """
     losses.get_loss(config.loss, **config.loss_hparams)  # Unknown loss / bad hyperparameters.
-    if config.model not in models.available_models():
-        raise ValueError(
-            f"Unknown model {config.model!r}; choose from {', '.join(models.available_models())}."
-        )
-    if config.optimizer not in OPTIMIZERS:
-        raise ValueError(
-            f"Unknown optimizer {config.optimizer!r}; choose from {', '.join(OPTIMIZERS)}."
-        )
-    if config.lr_schedule not in LR_SCHEDULES:
-        raise ValueError(
-            f"Unknown lr schedule {config.lr_schedule!r}; choose from {', '.join(LR_SCHEDULES)}."
-        )
-    if config.parallel not in PARALLEL_MODES:
-        raise ValueError(
-            f"Unknown parallel mode {config.parallel!r}; choose from {', '.join(PARALLEL_MODES)}."
-        )
+    _check_choices(config)
+    _check_ranges(config)
+    _check_auto_tau(config)
     if config.parallel == "shard_map":
         _one_process_only("--parallel=shard_map", "use pmap")
-    if config.noise_kind not in NOISE_KINDS:
-        raise ValueError(
-            f"Unknown noise kind {config.noise_kind!r}; choose from {', '.join(NOISE_KINDS)}."
+    if config.data_placement == "device":
+        _one_process_only(
+            "--data-placement=device", "use stream (each process feeds its own devices)"
         )
-    if config.detector not in DETECTORS:
-        raise ValueError(
-            f"Unknown detector {config.detector!r}; choose from {', '.join(DETECTORS)}."
-        )
-    if config.cl_filter_by not in detection.FILTER_BY:
-        raise ValueError(
-            f"Unknown cl filter_by {config.cl_filter_by!r}; "
-            f"choose from {', '.join(detection.FILTER_BY)}."
-        )
-    if config.aum_rule not in AUM_RULES:
-        raise ValueError(
-            f"Unknown aum rule {config.aum_rule!r}; choose from {', '.join(AUM_RULES)}."
-        )
+    if config.transition is not None:
+        try:
+            matrix = np.asarray(config.transition, np.float64)
+        except ValueError:
+            raise ValueError("transition must be a square [C, C] matrix of numbers.") from None
+        if matrix.ndim != 2:
+            raise ValueError(f"transition must be a [C, C] matrix, got shape {list(matrix.shape)}.")
+        corruption.check_transition(matrix, matrix.shape[0])  # Square, rows >= 0, sum to 1.
+    for name, size in (
+        ("batch size", config.batch_size),
+        ("eval batch size", config.eval_batch_size),
+    ):
+        if size < 1 or size % num_devices:
+            raise ValueError(
+                f"{name} {size} is not a positive multiple of the device count {num_devices}."
+            )
+
+
+def _check_choices(config: Config) -> None:
+    """Every field with ``choices`` (its flag's metadata) holds one of them (or None)."""
+    for field in dataclasses.fields(Config):
+        if "choices" not in field.metadata:
+            continue
+        choices = field.metadata["choices"]
+        allowed = choices() if callable(choices) else choices
+        value = getattr(config, field.name)
+        if value is not None and value not in allowed:
+            raise ValueError(
+                f"Unknown {field.name.replace('_', ' ')} {value!r}; "
+                f"choose from {', '.join(allowed)}."
+            )
+
+
+def _check_auto_tau(config: Config) -> None:
     if config.auto_tau and losses.canonical_name(config.loss) != "cutoff":
         raise ValueError(f"tau=auto is for the cutoff loss, not {config.loss!r}.")
     if config.auto_tau and not 1 <= config.resolved_delay_epochs < config.epochs:
@@ -347,17 +353,10 @@ def validate(config: Config, *, num_devices: int) -> None:
             f"tau=auto chooses tau after the delay: delay {config.resolved_delay_epochs} must be "
             f"in [1, epochs={config.epochs})."
         )
-    if config.data_placement not in DATA_PLACEMENTS:
-        raise ValueError(
-            f"Unknown data placement {config.data_placement!r}; "
-            f"choose from {', '.join(DATA_PLACEMENTS)}."
-        )
-    if config.data_placement == "device":
-        _one_process_only(
-            "--data-placement=device", "use stream (each process feeds its own devices)"
-        )
-    if config.dtype not in DTYPES:
-        raise ValueError(f"Unknown dtype {config.dtype!r}; choose from {', '.join(DTYPES)}.")
+
+
+def _check_ranges(config: Config) -> None:
+    """Numbers inside their ranges, and the settings that need another one given."""
     checks = [
         (0.0 <= config.noise_rate < 1.0, f"noise rate {config.noise_rate} must be in [0, 1)"),
         (config.epochs >= 1, f"epochs {config.epochs} must be >= 1"),
@@ -369,8 +368,6 @@ def validate(config: Config, *, num_devices: int) -> None:
         (config.folds >= 2, f"folds {config.folds} must be >= 2"),
         (config.holdout is None or 0.0 <= config.holdout <= 0.5,
          f"holdout {config.holdout} must be in [0, 0.5] or auto"),
-        (not config.holdout or config.detector == "pt",
-         f"holdout {config.holdout} is for --detector=pt (cl and aum hold out their own)"),
         (0.0 < config.aum_percentile <= 100.0,
          f"aum percentile {config.aum_percentile} must be in (0, 100]"),
         (config.lr > 0, f"learning rate {config.lr} must be > 0"),
@@ -389,19 +386,3 @@ def validate(config: Config, *, num_devices: int) -> None:
     for ok, message in checks:
         if not ok:
             raise ValueError(message + ".")
-    if config.transition is not None:
-        try:
-            matrix = np.asarray(config.transition, np.float64)
-        except ValueError:
-            raise ValueError("transition must be a square [C, C] matrix of numbers.") from None
-        if matrix.ndim != 2:
-            raise ValueError(f"transition must be a [C, C] matrix, got shape {list(matrix.shape)}.")
-        corruption.check_transition(matrix, matrix.shape[0])  # Square, rows >= 0, sum to 1.
-    for name, size in (
-        ("batch size", config.batch_size),
-        ("eval batch size", config.eval_batch_size),
-    ):
-        if size < 1 or size % num_devices:
-            raise ValueError(
-                f"{name} {size} is not a positive multiple of the device count {num_devices}."
-            )

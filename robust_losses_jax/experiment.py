@@ -155,7 +155,7 @@ def clear_outputs(workdir: Path) -> None:
 
 def _start_run(cfg, workdir: Path, *, resume: bool, overwrite: bool, num_devices: int) -> None:
     """Validate, check the workdir (nothing written before), then write ``config.json``."""
-    config_lib.validate(cfg, num_devices=num_devices)
+    protocols.validate(cfg, num_devices=num_devices)
     workdir.mkdir(parents=True, exist_ok=True)
     check_workdir(cfg, workdir, resume=resume, overwrite=overwrite)
     barrier("workdir checked")  # Before process 0 writes into it.
@@ -340,9 +340,9 @@ def summarise(cfg, workdir: Path, data, predictions, extra, *, num_devices: int,
     report = corruption.noise_report(data.true_label, data.given_label, data.num_classes)
     is_corrupted = data.is_corrupted
     detection_scores = score_detection(predictions, is_corrupted, cfg.pt_threshold)
-    for name in ("confident_learning", "aum"):
-        if name in extra:
-            detection_scores[name] = extra.pop(name)
+    scores = protocols.detector(cfg.detector).scores
+    if scores and scores[0] in extra:  # The detector's own, from its protocol.
+        detection_scores[scores[0]] = extra.pop(scores[0])
     injected = bool(is_corrupted.any())
     if not injected:  # Nothing injected: no ground truth to score the flags against.
         detection_scores = {
@@ -385,15 +385,12 @@ def one_line_summary(cfg: config_lib.Config, summary: dict[str, Any]) -> str:
             f"label errors to score against (--noise-rate=0); flagged of "
             f"{summary['num_train']}: {flagged}"
         )
+    scores = protocols.detector(cfg.detector).scores  # The detector's own: "; CL F1 0.812".
+    own = f"; {scores[1]} F1 {det[scores[0]]['f1']:.3f}" if scores and scores[0] in det else ""
     return (
         f"{cfg.loss} {cfg.loss_hparams or ''} on {cfg.dataset} ({cfg.noise_kind} "
         f"{cfg.noise_rate:g}): {test_text}; detection F1 "
         f"argmax!=given {det['argmax_neq_given']['f1']:.3f}, "
         f"p_t<{cfg.pt_threshold:g} {det[f'pt_below_{cfg.pt_threshold:g}']['f1']:.3f}; "
-        f"AUROC {det['ranking_1_minus_pt']['auroc']:.3f}"
-        + "".join(
-            f"; {label} F1 {det[key]['f1']:.3f}"
-            for key, label in (("confident_learning", "CL"), ("aum", "AUM"))
-            if key in det
-        )
+        f"AUROC {det['ranking_1_minus_pt']['auroc']:.3f}" + own
     )

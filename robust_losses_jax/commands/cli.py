@@ -374,6 +374,16 @@ def loss_flag_help(name: str) -> str:
     return text
 
 
+def registered_choices(registry: str) -> list[tuple[str, str]]:
+    """``(name, one line)`` of everything a registry above config holds: ``detectors`` (the
+    protocols', a plugin's too)."""
+    from robust_losses_jax import protocols
+
+    if registry != "detectors":
+        raise KeyError(f"no registry {registry!r}")
+    return [(d.name, d.description) for d in protocols.registered_detectors()]
+
+
 def add_config_flags(parser: argparse.ArgumentParser) -> dict[str, Any]:
     """A flag for every ``Config`` field declared with ``config.flag``, and the loss flags; the
     argument groups by name."""
@@ -396,8 +406,13 @@ def add_config_flags(parser: argparse.ArgumentParser) -> dict[str, Any]:
         if kwargs.get("action") is None:
             kwargs["metavar"] = name[2:].upper().replace("-", "_")
         container = parser if meta["group"] is None else groups[meta["group"]]
-        add_flag(container, name, help=_called(meta["help"]), allowed=_called(meta.get("choices")),
-                 none=meta.get("none"), **kwargs)  # fmt: skip
+        help_text, allowed = _called(meta["help"]), _called(meta.get("choices"))
+        if "registry" in meta:  # Choices registered above config: their names and lines.
+            described = registered_choices(meta["registry"])
+            allowed = [choice for choice, _ in described]
+            help_text += ": " + "; ".join(f"{choice} ({line})" for choice, line in described)
+        add_flag(container, name, help=help_text, allowed=allowed, none=meta.get("none"),
+                 **kwargs)  # fmt: skip
     for name in loss_flags():
         add_flag(groups["loss"], f"--{name.replace('_', '-')}", dest=name, default=None,
                  type=tau_value if name == "tau" else float, metavar=name.upper(),

@@ -148,12 +148,12 @@ def load_pred_probs(path: str, num_examples: int, num_classes: int):
 
 def fit_report(issues, cfg, run_summary: dict | None):
     """The audit's :class:`audit_guards.FitReport` (``cfg`` None: probabilities were given)."""
-    from robust_losses_jax import audit_guards
+    from robust_losses_jax import audit_guards, protocols
 
     return audit_guards.fit_report(
         issues.given_label, issues.predicted_label, issues.is_label_issue,
         cfg=None if run_summary is None else cfg,
-        out_of_sample=run_summary is None or cfg.detector == "cl",
+        out_of_sample=run_summary is None or protocols.detector(cfg.detector).out_of_sample,
         test_accuracy=None if run_summary is None else run_summary["test_accuracy"],
         is_held_out=issues.is_held_out,
     )  # fmt: skip
@@ -193,14 +193,20 @@ def load_inputs(args, workdir: Path):
     each checked before any work starts; ``ValueError`` (one line) for the first bad input."""
     import jax
 
-    from robust_losses_jax import audit, experiment, input_pipeline, noisy_data, user_data
-    from robust_losses_jax import config as config_lib
+    from robust_losses_jax import (
+        audit,
+        experiment,
+        input_pipeline,
+        noisy_data,
+        protocols,
+        user_data,
+    )
     from robust_losses_jax.protocols import in_sample
 
     if args.top < 1:
         raise ValueError(f"--top {args.top} must be >= 1.")
     cfg = build_config(args)
-    config_lib.validate(cfg, num_devices=jax.device_count())
+    protocols.validate(cfg, num_devices=jax.device_count())
     check_retrain_flags(args)
     noisy_data.check_noise(cfg)
     if not user_data.is_user_dataset(cfg.dataset):  # Loading checks the user's own.
@@ -208,7 +214,10 @@ def load_inputs(args, workdir: Path):
     train, test = noisy_data.load_splits(cfg, args.data_dir)
     train = train.take(cfg.train_size and min(cfg.train_size, len(train)))
     audit.check_training_split(train, where=f"--dataset={cfg.dataset}")
-    held_out = cfg.detector == "pt" and in_sample.holdout_fraction(cfg, len(test.labels)) > 0
+    held_out = (
+        "holdout" in protocols.detector(cfg.detector).settings
+        and in_sample.holdout_fraction(cfg, len(test.labels)) > 0
+    )
     if args.retrain and not len(test.labels) and (args.pred_probs or not held_out):
         raise ValueError(
             "--retrain measures test accuracy: the dataset has no test split, so it needs a "
@@ -394,13 +403,12 @@ def load_feature_inputs(args, typed: frozenset[str], workdir: Path):
     checked before any work; ``ValueError`` (one line) for the first bad input."""
     import jax
 
-    from robust_losses_jax import audit, feature_data, probe
-    from robust_losses_jax import config as config_lib
+    from robust_losses_jax import audit, feature_data, probe, protocols
 
     cfg = build_config(args)
     untyped = {k: v for k, v in audit.FEATURE_AUDIT_DEFAULTS.items() if k not in typed}
     cfg = dataclasses.replace(cfg, **untyped)
-    config_lib.validate(cfg, num_devices=jax.device_count())
+    protocols.validate(cfg, num_devices=jax.device_count())
     probe.probe_for(cfg, 2)  # The model is one a probe can be.
     refused = {"--noise-rate": cfg.noise_rate > 0, "--detector": cfg.detector != "pt",
                "--pred-probs": bool(args.pred_probs), "--retrain": args.retrain}  # fmt: skip

@@ -115,13 +115,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {error}", file=sys.stderr)
             return 2
 
-    from robust_losses_jax import config as config_lib
-    from robust_losses_jax import experiment, input_pipeline, noisy_data, records
+    from robust_losses_jax import experiment, input_pipeline, noisy_data, protocols, records
     from robust_losses_jax.training import checkpoints, loop
 
     try:
         cfg = build_config(args)
-        config_lib.validate(cfg, num_devices=jax.device_count())
+        protocols.validate(cfg, num_devices=jax.device_count())
         input_pipeline.check_dataset(cfg.dataset, args.data_dir)
         noisy_data.check_noise(cfg)
         experiment.check_workdir(cfg, args.workdir, resume=args.resume, overwrite=args.overwrite)

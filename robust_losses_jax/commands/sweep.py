@@ -302,8 +302,7 @@ def cell_configs(cells: list[Cell], run_flags: list[str], workdir: Path) -> dict
     """Every cell's config, validated as the run would be (``ValueError`` for the first bad one)."""
     import jax
 
-    from robust_losses_jax import config as config_lib
-    from robust_losses_jax import input_pipeline, noisy_data
+    from robust_losses_jax import input_pipeline, noisy_data, protocols
     from robust_losses_jax.commands import run
 
     args = run_parser().parse_args(run_flags)
@@ -312,7 +311,7 @@ def cell_configs(cells: list[Cell], run_flags: list[str], workdir: Path) -> dict
     configs, datasets = {}, set()
     for cell in cells:
         cfg = cell.config(base)
-        config_lib.validate(cfg, num_devices=jax.device_count())
+        protocols.validate(cfg, num_devices=jax.device_count())
         if cfg.dataset not in datasets:
             input_pipeline.check_dataset(cfg.dataset, args.data_dir)
             datasets.add(cfg.dataset)
@@ -419,7 +418,7 @@ def build_parser() -> cli.Parser:
     )  # fmt: skip
     parser.add_argument("--delays", default="default,0", help="'default' and/or ints (epochs)")
     parser.add_argument("--noise", default=DEFAULT_NOISE, help="kind:rate,...")
-    parser.add_argument("--detectors", default="pt,cl", help="runner protocols: pt, cl, aum")
+    parser.add_argument("--detectors", default="pt,cl", help=detectors_help())
     parser.add_argument("--seeds", default="0,1,2", help="ints")
     cli.add_flag(
         parser, "--preset", default=None, allowed=config_lib.PRESETS,
@@ -536,9 +535,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def detectors_help() -> str:
+    """``--detectors``' help: the registered detectors (a plugin's too)."""
+    return "the runner's --detector values: " + ", ".join(
+        name for name, _ in cli.registered_choices("detectors")
+    )
+
+
 def models_per_run(cfg: Any) -> int:
-    """Models a run trains: K folds (``cl``), two (``aum``) or one (``pt``)."""
-    return {"cl": cfg.folds, "aum": 2}.get(cfg.detector, 1)
+    """Models a run trains (its detector's ``num_models``: K folds for ``cl``, ...)."""
+    from robust_losses_jax import protocols
+
+    return protocols.detector(cfg.detector).num_models(cfg)
 
 
 def training_groups(cells: list[Cell], configs: dict[Cell, Any], max_models: int) -> list:

@@ -1,14 +1,17 @@
-"""Detection protocols: which models a run trains, and what it makes of them.
+"""Detectors and their protocols: which models a run trains, and what it makes of them.
 
-One module per protocol, named by the detector it serves (``Config.detector``):
+A detector is one module that registers a :class:`base.Detector` under its name
+(``Config.detector``, ``--detector``); the built-in ones:
 
 - :mod:`in_sample` (``pt``): one model on every example, its own outputs on them;
 - :mod:`cross_validation` (``cl``): K fresh models, each predicting its held-out fold, then
   Confident Learning;
 - :mod:`aum` (``aum``): two runs with threshold examples, margins from every step.
 
-:mod:`base` holds what they share (:class:`base.Protocol`, training the members, the
-predictions' fields). :func:`protocol_for` sets up the one a config names.
+A user's detector registers itself the same way from a module of its own (``--plugin``,
+docs/extending.md). :mod:`base` holds what they share (the registry, :class:`base.Protocol`,
+training the members, the predictions' fields). :func:`protocol_for` sets up the one a config
+names; :func:`validate` checks a config against it.
 """
 
 from __future__ import annotations
@@ -20,10 +23,41 @@ import jax
 
 from robust_losses_jax import config as config_lib
 from robust_losses_jax.noisy_data import NoisyData
-from robust_losses_jax.protocols.aum import area_under_margin_protocol
-from robust_losses_jax.protocols.base import Protocol
-from robust_losses_jax.protocols.cross_validation import cross_validated_protocol
-from robust_losses_jax.protocols.in_sample import in_sample_protocol
+from robust_losses_jax.protocols import aum, cross_validation, in_sample
+from robust_losses_jax.protocols.base import (
+    Detector,
+    Protocol,
+    detector,
+    register_detector,
+    registered_detectors,
+)
+
+# The built-in detectors, in the order ``--help`` lists them.
+for _builtin in (in_sample.DETECTOR, cross_validation.DETECTOR, aum.DETECTOR):
+    register_detector(_builtin)
+
+__all__ = [
+    "Detector",
+    "Protocol",
+    "detector",
+    "protocol_for",
+    "register_detector",
+    "registered_detectors",
+    "validate",
+]
+
+
+def validate(cfg: config_lib.Config, *, num_devices: int) -> None:
+    """:func:`config.validate`, then what the detector decides: that ``cfg.detector`` is
+    registered and reads the settings given (``--holdout`` only where it declares it)."""
+    config_lib.validate(cfg, num_devices=num_devices)
+    spec = detector(cfg.detector)
+    if cfg.holdout and "holdout" not in spec.settings:
+        takers = [d.name for d in registered_detectors() if "holdout" in d.settings]
+        raise ValueError(
+            f"holdout {cfg.holdout} is for --detector={'/'.join(takers)} ({cfg.detector} "
+            "holds out its own or none)."
+        )
 
 
 def protocol_for(
@@ -35,8 +69,4 @@ def protocol_for(
 ) -> Protocol:
     """The protocol ``cfg.detector`` names, set up for this run (``base_key``:
     ``jax.random.key(cfg.seed)``; ``workdir``: where K-fold keeps finished folds)."""
-    if cfg.detector == "cl":
-        return cross_validated_protocol(cfg, data, workdir, base_key, log)
-    if cfg.detector == "aum":
-        return area_under_margin_protocol(cfg, data, base_key)
-    return in_sample_protocol(cfg, data, base_key)
+    return detector(cfg.detector).protocol(cfg, data, base_key, workdir, log)

@@ -6,6 +6,8 @@ margins come from every train step (:func:`detection.aum_detect` turns them into
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import jax
 import numpy as np
 
@@ -13,6 +15,8 @@ from robust_losses_jax import config as config_lib
 from robust_losses_jax import detection, metrics
 from robust_losses_jax.noisy_data import NoisyData
 from robust_losses_jax.protocols.base import (
+    Detector,
+    Log,
     Protocol,
     loss_hparams,
     predictions,
@@ -23,7 +27,7 @@ from robust_losses_jax.training.stacking import Member
 
 
 def area_under_margin_protocol(
-    cfg: config_lib.Config, data: NoisyData, base_key: jax.Array
+    cfg: config_lib.Config, data: NoisyData, base_key: jax.Array, workdir: Path, log: Log
 ) -> Protocol:
     """AUM: two runs, each with its own N/(C+1) threshold examples moved to a fake class C.
 
@@ -90,3 +94,15 @@ def area_under_margin_protocol(
     # The reference leaves the first epoch's margins out (they mostly reflect initialisation).
     kwargs = {"num_classes": num_classes + 1, "aum_from_epoch": int(cfg.aum_rule == "reference")}
     return Protocol(members, kwargs, finish, stack_tag="aum")
+
+
+# Registered by the package (protocols/__init__.py).
+DETECTOR = Detector(
+    name="aum",
+    description="area under the margin, two runs with threshold examples",
+    protocol=area_under_margin_protocol,
+    flags=lambda predictions: predictions["is_flagged_aum"],
+    num_models=lambda cfg: 2,
+    settings=("aum_percentile", "aum_rule"),
+    scores=("aum", "AUM"),
+)

@@ -1,15 +1,20 @@
-"""What every detection protocol shares: its set-up object, training its models, their outputs.
+"""What every detection protocol shares: the detector registry, the set-up object, training
+its models, their outputs.
 
-A :class:`Protocol` is the list of models (stack members) a run still needs, the arguments
-:func:`training.loop.fit` needs for them, and a ``finish`` function that turns the trained stack
-into the run's predictions and extra scores. The protocols themselves are the modules beside
-this one (:mod:`in_sample`, :mod:`cross_validation`, :mod:`aum`).
+A :class:`Detector` is one way of finding label errors, registered under its ``--detector``
+name (:func:`register_detector`): how it sets up a run (its :class:`Protocol`), which examples
+it flags, how many models it trains and which settings it reads. A :class:`Protocol` is the list
+of models (stack members) a run still needs, the arguments :func:`training.loop.fit` needs for
+them, and a ``finish`` function that turns the trained stack into the run's predictions and
+extra scores. The built-in detectors are the modules beside this one (:mod:`in_sample`,
+:mod:`cross_validation`, :mod:`aum`), each registering itself.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -17,6 +22,7 @@ import numpy as np
 
 from robust_losses_jax import config as config_lib
 from robust_losses_jax.noisy_data import NoisyData
+from robust_losses_jax.split import Split
 from robust_losses_jax.training.engines import uses_device_data
 from robust_losses_jax.training.loop import Fitted, member_steps_per_epoch
 from robust_losses_jax.training.stacking import Member
@@ -46,6 +52,78 @@ class Protocol:
     fit_kwargs: dict[str, Any]
     finish: Callable[[Trained], tuple[dict, dict]]
     stack_tag: str
+
+
+Log = Callable[[str], None]
+# ``(cfg, data, base_key, workdir, log) -> Protocol``: ``base_key`` is ``jax.random.key(cfg.seed)``,
+# ``workdir`` the run's folder (where K-fold keeps finished folds).
+ProtocolFn = Callable[[config_lib.Config, NoisyData, jax.Array, Path, Log], Protocol]
+
+
+def _one_model(cfg: config_lib.Config) -> int:
+    return 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Detector:
+    """A way of finding label errors, described once: what every part of the project needs.
+
+    Attributes:
+      name: ``--detector=NAME`` (and the sweep's ``--detectors``).
+      description: one line for ``--help``.
+      protocol: sets up a run: ``(cfg, data, base_key, workdir, log) ->`` :class:`Protocol`.
+      flags: ``predictions -> [N] bool``: the examples it flags, read from the arrays its
+        protocol's ``finish`` put in ``predictions.npz`` (an audit's ``is_label_issue``).
+      num_models: ``cfg -> int``: the models a run trains (the sweep sizes its stacks by it).
+      out_of_sample: whether every example's probabilities come from a model that did not
+        train on it (an audit says which its flags rest on).
+      settings: the ``Config`` fields only this detector reads (``--folds`` for ``cl``).
+        ``holdout`` among them says it trains without a held-out slice when asked to; a run
+        of a detector without it is refused a nonzero ``--holdout``.
+      check_data: ``(cfg, train split, test examples) ->`` the examples each model trains on;
+        ``ValueError`` (one line) for a split it cannot use. Default: every example.
+      scores: ``(key, label)``: its protocol's own scores go to ``summary.json``'s
+        ``detection[key]`` and into the run's last line as ``label F1``; None: none.
+    """
+
+    name: str
+    description: str
+    protocol: ProtocolFn
+    flags: Callable[[Mapping[str, np.ndarray]], np.ndarray]
+    num_models: Callable[[config_lib.Config], int] = _one_model
+    out_of_sample: bool = False
+    settings: tuple[str, ...] = ()
+    check_data: Callable[[config_lib.Config, Split, int], int] | None = None
+    scores: tuple[str, str] | None = None
+
+
+_DETECTORS: dict[str, Detector] = {}
+
+
+def register_detector(detector: Detector) -> Detector:
+    """Add ``detector`` to those every part of the project offers (``--detector``, the sweep,
+    the audit, :func:`protocols.protocol_for`); returns it. ``ValueError`` for a name that is
+    taken or a setting that is not a ``Config`` field."""
+    if detector.name in _DETECTORS:
+        raise ValueError(f"a detector named {detector.name!r} is already registered.")
+    fields = {f.name for f in dataclasses.fields(config_lib.Config)}
+    unknown = sorted(set(detector.settings) - fields)
+    if unknown:
+        raise ValueError(f"{detector.name}: settings {', '.join(unknown)} are not Config fields.")
+    _DETECTORS[detector.name] = detector
+    return detector
+
+
+def registered_detectors() -> tuple[Detector, ...]:
+    """Every registered detector, in registration order."""
+    return tuple(_DETECTORS.values())
+
+
+def detector(name: str) -> Detector:
+    """The registered :class:`Detector` called ``name``; else ``ValueError`` listing them."""
+    if name not in _DETECTORS:
+        raise ValueError(f"Unknown detector {name!r}; choose from {', '.join(_DETECTORS)}.")
+    return _DETECTORS[name]
 
 
 def run_keys(base_key: jax.Array, run: int | None) -> tuple[jax.Array, jax.Array, jax.Array]:

@@ -7,18 +7,23 @@ says how well the model generalises when no clean test split exists.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import jax
 import numpy as np
 
 from robust_losses_jax import config as config_lib
 from robust_losses_jax.noisy_data import NoisyData
 from robust_losses_jax.protocols.base import (
+    Detector,
+    Log,
     Protocol,
     loss_hparams,
     predictions,
     run_keys,
     training_outputs,
 )
+from robust_losses_jax.split import Split
 from robust_losses_jax.training.stacking import Member
 
 # ``--holdout=auto``: the fraction held out when the dataset has no test split.
@@ -41,7 +46,9 @@ def held_out_mask(base_key: jax.Array, num_examples: int, fraction: float) -> np
     return mask
 
 
-def in_sample_protocol(cfg: config_lib.Config, data: NoisyData, base_key: jax.Array) -> Protocol:
+def in_sample_protocol(
+    cfg: config_lib.Config, data: NoisyData, base_key: jax.Array, workdir: Path, log: Log
+) -> Protocol:
     """One model trained on every example (but a held-out slice, ``cfg.holdout``); its outputs
     on them all are the predictions."""
     held_out = held_out_mask(base_key, len(data), holdout_fraction(cfg, len(data.test_labels)))
@@ -64,3 +71,25 @@ def in_sample_protocol(cfg: config_lib.Config, data: NoisyData, base_key: jax.Ar
 
     kwargs = {"num_classes": data.num_classes, "is_corrupted": data.is_corrupted[None]}
     return Protocol([member], kwargs, finish, stack_tag="")
+
+
+def examples_per_model(cfg: config_lib.Config, split: Split, num_test: int) -> int:
+    """Every example but the held-out slice (``num_test`` decides ``--holdout=auto``)."""
+    num_examples = len(split.labels)
+    return num_examples - round(holdout_fraction(cfg, num_test) * num_examples)
+
+
+def predicts_another_class(predictions) -> np.ndarray:
+    """``[N]`` bool: the model's most probable class is not the given label."""
+    return predictions["pred"] != predictions["given_label"]
+
+
+# Registered by the package (protocols/__init__.py).
+DETECTOR = Detector(
+    name="pt",
+    description="in-sample p_t of one model; flagged where it predicts another class",
+    protocol=in_sample_protocol,
+    flags=predicts_another_class,
+    settings=("holdout",),
+    check_data=examples_per_model,
+)
