@@ -89,12 +89,11 @@ def jax_protocol(cfg, data, workdir: Path) -> tuple[float, dict, dict, dict]:
 
     jax.monitoring.register_event_duration_secs_listener(on_event)
     start = time.perf_counter()
-    fit_run = functools.partial(
-        loop.fit, cfg, real_classes=data.num_classes, test_images=data.test_images,
-        test_labels=data.test_labels, mean=data.mean, std=data.std, workdir=workdir,
-        progress=False, devices=jax.local_devices(), log=lambda _: None, timings=timings,
+    context = loop.FitContext(
+        workdir, jax.local_devices(), progress=False, log=lambda _: None, timings=timings,
         cache=ProgramCache(),  # The run's folds share their programs, as in a real run.
     )  # fmt: skip
+    fit_run = functools.partial(loop.fit, cfg, data, context=context)
     try:
         _, extra = cross_validation.cross_validated(
             cfg, data, fit_run, workdir, jax.random.key(cfg.seed), lambda _: None

@@ -306,19 +306,6 @@ def confused_pairs(
     return [(int(unique[k, 0]), int(unique[k, 1]), int(counts[k])) for k in order]
 
 
-def auto_threshold(labels: ArrayLike, pred_probs: ArrayLike) -> tuple[float, float]:
-    """``(tau, rate)``: the cutoff loss's threshold chosen without clean labels.
-
-    ``rate`` is :func:`estimated_noise_rates`' overall estimate on the model's own
-    probabilities, and ``tau`` the ``rate``-quantile of ``p_t``: about that fraction of the
-    examples, the least confident in their given label, falls below it.
-    """
-    labels, probs = _check_inputs(labels, pred_probs)
-    rate, _ = estimated_noise_rates(labels, probs)
-    p_t = probs[np.arange(len(labels)), labels].astype(np.float64)
-    return float(np.quantile(p_t, rate)), rate
-
-
 def _reduce_issues(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
     """bool ``[N]``: the given label is the argmax once it gets a 1e-6 head start (unflag these)."""
     nudged = np.copy(probs)

@@ -29,6 +29,7 @@ workdir, runs the protocol and scores and writes what it gives.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import shutil
@@ -46,7 +47,7 @@ from robust_losses_jax.noisy_data import NoisyData
 from robust_losses_jax.protocols.base import run_protocol
 from robust_losses_jax.records import atomic_write, barrier, is_writer, strict_json, write_json
 from robust_losses_jax.training.engines import ProgramCache, uses_device_data
-from robust_losses_jax.training.loop import Fitted, fit, member_steps_per_epoch
+from robust_losses_jax.training.loop import FitContext, Fitted, fit, member_steps_per_epoch
 from robust_losses_jax.training.step import LOW_WEIGHT
 
 
@@ -164,15 +165,9 @@ def _start_run(cfg, workdir: Path, *, resume: bool, overwrite: bool, num_devices
     write_json(workdir / "config.json", cfg.to_json())
 
 
-def _fit_run(
-    cfg, data: NoisyData, workdir: Path, *, resume, progress, devices, log, cache=None
-) -> Callable:
-    return functools.partial(
-        fit, cfg, real_classes=data.num_classes, test_images=data.test_images,
-        test_labels=data.test_labels, mean=data.mean, std=data.std, workdir=workdir,
-        resume=resume, progress=progress, devices=devices, log=log,
-        cache=cache or ProgramCache(),
-    )  # fmt: skip
+def _fit_run(cfg: config_lib.Config, data: NoisyData, context: FitContext) -> Callable:
+    """:func:`training.loop.fit` of this run's data and context: ``stack -> Fitted``."""
+    return functools.partial(fit, cfg, data, context=context)
 
 
 def train_and_evaluate(
@@ -218,10 +213,10 @@ def train_and_evaluate(
     workdir = Path(workdir)
     _start_run(cfg, workdir, resume=resume, overwrite=overwrite, num_devices=len(devices))
     data = noisy_data.noisy_training_data(cfg, data_dir, splits)
-    fit_run = _fit_run(cfg, data, workdir, resume=resume, progress=progress, devices=devices,
-                       log=log, cache=cache)  # fmt: skip
+    context = FitContext(workdir, devices, resume=resume, progress=progress, log=log,
+                         cache=cache or ProgramCache())  # fmt: skip
     protocol = protocols.protocol_for(cfg, data, workdir, jax.random.key(cfg.seed), log)
-    predictions, extra = run_protocol(cfg, data, fit_run, protocol, log)
+    predictions, extra = run_protocol(cfg, _fit_run(cfg, data, context), protocol, log)
     return summarise(cfg, workdir, data, predictions, extra, num_devices=len(devices), log=log)
 
 
@@ -287,43 +282,53 @@ def train_and_evaluate_together(
         protocols.protocol_for(cfg, data, workdir, jax.random.key(cfg.seed), log)
         for cfg, data, workdir in zip(cfgs, datas, workdirs, strict=True)
     ]
-    members, record_dirs, owner = [], [], []
-    for r, (protocol, workdir) in enumerate(zip(run_protocols, workdirs, strict=True)):
-        members += protocol.members
-        record_dirs += [workdir] * len(protocol.members)
-        owner += [r] * len(protocol.members)
+    context = FitContext(Path(stack_dir), devices, resume=True, progress=progress, log=log,
+                         cache=cache)  # fmt: skip
+    members = [m for protocol in run_protocols for m in protocol.members]
     steps = member_steps_per_epoch(members, cfgs[0].batch_size)
     if len(steps) > 1:  # Folds across a batch boundary: each run on its own, as it would alone.
         log(f"steps per epoch differ ({sorted(steps)}); training the runs one after another")
         each = zip(cfgs, datas, workdirs, run_protocols, strict=True)
         results = [
-            run_protocol(cfg, data, _fit_run(cfg, data, workdir, resume=True, progress=progress,
-                                             devices=devices, log=log, cache=cache), protocol, log)
+            run_protocol(cfg, _fit_run(cfg, data, dataclasses.replace(context, workdir=workdir)),
+                         protocol, log)
             for cfg, data, workdir, protocol in each
         ]  # fmt: skip
     else:
-        trained: list[tuple[Fitted, int]] = []
-        if members:
-            kwargs = dict(run_protocols[0].fit_kwargs)
-            if "is_corrupted" in kwargs:  # Each member tracked against its own run's corruption.
-                kwargs["is_corrupted"] = np.concatenate(
-                    [p.fit_kwargs["is_corrupted"] for p in run_protocols if p.members]
-                )
-            fit_run = _fit_run(cfgs[0], datas[0], Path(stack_dir), resume=True,
-                               progress=progress, devices=devices, log=log,
-                               cache=cache)  # fmt: skip
-            fitted = fit_run(datas[0].images, members, tag="stack", record_dirs=record_dirs,
-                             **kwargs)  # fmt: skip
-            trained = [(fitted, i) for i in range(len(members))]
-        results = [
-            protocol.finish([t for t, o in zip(trained, owner, strict=True) if o == r])
-            for r, protocol in enumerate(run_protocols)
-        ]
+        results = _train_runs_together(cfgs[0], datas[0], run_protocols, workdirs, context)
     return [
         summarise(cfg, workdir, data, predictions, extra, num_devices=len(devices), log=log)
         for cfg, workdir, data, (predictions, extra) in zip(
             cfgs, workdirs, datas, results, strict=True
         )
+    ]
+
+
+def _train_runs_together(
+    cfg: config_lib.Config, data: NoisyData, run_protocols: list[protocols.Protocol],
+    workdirs: list[Path], context: FitContext,
+) -> list[tuple[dict, dict]]:  # fmt: skip
+    """Every run's members in one stack (``cfg``, ``data``: the first run's; the runs differ
+    only in what reaches the models through their labels, keys and hyperparameters); each run
+    finished on its own members. Returns each run's ``(predictions, extra)``."""
+    members, record_dirs, owner = [], [], []
+    for r, (protocol, workdir) in enumerate(zip(run_protocols, workdirs, strict=True)):
+        members += protocol.members
+        record_dirs += [workdir] * len(protocol.members)
+        owner += [r] * len(protocol.members)
+    trained: list[tuple[Fitted, int]] = []
+    if members:
+        tracked = [p.stack.is_corrupted for p in run_protocols if p.members]
+        stack = dataclasses.replace(
+            run_protocols[0].stack, members=members, tag="stack", record_dirs=record_dirs,
+            # Each member tracked against its own run's corruption.
+            is_corrupted=None if tracked[0] is None else np.concatenate(tracked),
+        )  # fmt: skip
+        fitted = fit(cfg, data, stack, context)
+        trained = [(fitted, i) for i in range(len(members))]
+    return [
+        protocol.finish([t for t, o in zip(trained, owner, strict=True) if o == r])
+        for r, protocol in enumerate(run_protocols)
     ]
 
 

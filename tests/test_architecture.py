@@ -19,7 +19,7 @@ LAYERS = (
     ("training.loop",),
     ("training.engines", "training.checkpoints", "training.recorder"),
     ("training.programs",),
-    ("training.step", "training.stacking", "training.parallel", "training"),
+    ("training.auto_tau", "training.step", "training.stacking", "training.parallel", "training"),
     ("noisy_data", "input_pipeline", "user_data", "feature_data", "models", "models.resnet",
      "models.small", "models.layers", "config"),
     ("losses", "schedules", "corruption", "detection", "metrics", "records", "split"),
@@ -99,3 +99,35 @@ def test_docs_architecture_names_every_module():
     missing = [name for name in MODULES
                if name not in ("", "__main__") and name.split(".")[-1] not in text]  # fmt: skip
     assert missing == []
+
+
+# The longest a library function may be, in code lines (its docstring, blank lines and comment
+# lines left out; a function nested in it counts towards it).
+MAX_FUNCTION_LINES = 60
+
+
+def code_lines(source_lines: list[str], node: ast.FunctionDef) -> int:
+    lines = set(range(node.lineno, node.end_lineno + 1))
+    first = node.body[0]
+    if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):  # The docstring.
+        lines -= set(range(first.lineno, first.end_lineno + 1))
+    kept = (source_lines[i - 1].strip() for i in lines)
+    return sum(1 for line in kept if line and not line.startswith("#"))
+
+
+def test_no_library_function_is_longer_than_the_limit():
+    long = []
+    for name, path in MODULES.items():
+        source = path.read_text()
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = code_lines(source.splitlines(), node)
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(f"{name}.{node.name}: {lines}")
+    assert long == []
+
+
+def test_the_length_rule_counts_code_lines_only():
+    source = 'def f():\n    """Doc.\n\n    More."""\n    # why\n\n    x = 1\n    return x\n'
+    (node,) = ast.parse(source).body
+    assert code_lines(source.splitlines(), node) == 3  # def, x = 1, return.

@@ -2,7 +2,6 @@
 held-out outputs."""
 
 import dataclasses
-import functools
 import time
 
 import jax
@@ -12,32 +11,29 @@ from robust_losses_jax import config as config_lib
 from robust_losses_jax import experiment, noisy_data, protocols
 from robust_losses_jax.protocols.base import loss_hparams, run_keys, run_protocol
 from robust_losses_jax.training.engines import ProgramCache
+from robust_losses_jax.training.loop import FitContext, Stack
 
 PHASES = {"setup", "train", "test", "records", "checkpoint"}
 
 
-def digits_fit_run(workdir, cache=None, **overrides):
+def digits_fit_run(workdir, cache=None, timings=None, **overrides):
     """``(cfg, data, fit_run)`` for 600 digits (an MLP, 2 epochs unless ``overrides`` say);
-    ``cache``: a :class:`ProgramCache` shared with other fits."""
+    ``cache``: a :class:`ProgramCache` shared with other fits; ``timings``: the fits'."""
     cfg = config_lib.Config(
         **{"dataset": "sklearn_digits", "model": "mlp", "batch_size": 64,
            "eval_batch_size": 256, "train_size": 600, "epochs": 2, **overrides},
     )  # fmt: skip
     data = noisy_data.noisy_training_data(cfg, None)
-    fit_run = experiment._fit_run(
-        cfg, data, workdir, resume=False, progress=False, devices=jax.local_devices(),
-        log=lambda _: None, cache=cache,
-    )  # fmt: skip
-    return cfg, data, fit_run
+    context = FitContext(workdir, jax.local_devices(), progress=False, log=lambda _: None,
+                         cache=cache or ProgramCache(), timings=timings)  # fmt: skip
+    return cfg, data, experiment._fit_run(cfg, data, context)
 
 
 def run_on_digits(workdir, **overrides) -> None:
-    """A run of the protocol ``overrides`` configure on 600 digits (an MLP, 2 epochs), with
-    ``fit_kwargs`` passed to every :func:`training.loop.fit`."""
-    fit_kwargs = overrides.pop("fit_kwargs", {})
+    """A run of the protocol ``overrides`` configure on 600 digits (an MLP, 2 epochs)."""
     cfg, data, fit_run = digits_fit_run(workdir, **overrides)
     protocol = protocols.protocol_for(cfg, data, workdir, jax.random.key(cfg.seed), lambda _: None)
-    run_protocol(cfg, data, functools.partial(fit_run, **fit_kwargs), protocol, lambda _: None)
+    run_protocol(cfg, fit_run, protocol, lambda _: None)
 
 
 @pytest.mark.parametrize(
@@ -52,8 +48,7 @@ def test_fit_adds_wall_seconds_by_phase(tmp_path, detector, sequential, phases):
     timings: dict[str, float] = {}
     start = time.perf_counter()
     run_on_digits(
-        tmp_path, detector=detector, folds=2, sequential=sequential,
-        fit_kwargs={"timings": timings},
+        tmp_path, detector=detector, folds=2, sequential=sequential, timings=timings,
     )  # fmt: skip
     wall = time.perf_counter() - start
     assert set(timings) == phases
@@ -107,7 +102,7 @@ def test_held_out_outputs_are_each_members_own_rows_from_one_evaluation(tmp_path
         )
         for m, (shift, size) in enumerate([(0, 320), (1, 330), (0, 340)])
     ]
-    fitted = fit_run(data.images, members, tag="stack", num_classes=10)
+    fitted = fit_run(Stack(members, num_classes=10, tag="stack"))
     everywhere = fitted.training_outputs()
     held_out = fitted.held_out_outputs()
     for m, member in enumerate(members):

@@ -23,6 +23,7 @@ from robust_losses_jax.protocols.base import (
     run_keys,
     training_outputs,
 )
+from robust_losses_jax.training.loop import Stack
 from robust_losses_jax.training.stacking import Member
 
 
@@ -92,8 +93,9 @@ def area_under_margin_protocol(
         return predicted, extra
 
     # The reference leaves the first epoch's margins out (they mostly reflect initialisation).
-    kwargs = {"num_classes": num_classes + 1, "aum_from_epoch": int(cfg.aum_rule == "reference")}
-    return Protocol(members, kwargs, finish, stack_tag="aum")
+    stack = Stack(members, num_classes + 1, tag="aum",
+                  aum_from_epoch=int(cfg.aum_rule == "reference"))  # fmt: skip
+    return Protocol(stack, finish)
 
 
 # Registered by the package (protocols/__init__.py).

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 
 import jax
 import numpy as np
@@ -24,7 +23,7 @@ from robust_losses_jax import config as config_lib
 from robust_losses_jax.noisy_data import NoisyData
 from robust_losses_jax.split import Split
 from robust_losses_jax.training.engines import uses_device_data
-from robust_losses_jax.training.loop import Fitted, member_steps_per_epoch
+from robust_losses_jax.training.loop import Fitted, Stack, member_steps_per_epoch
 from robust_losses_jax.training.stacking import Member
 
 # Per-example outputs a held-out (out-of-sample) evaluation keeps.
@@ -38,20 +37,20 @@ class Protocol:
     """A run's detection protocol, set up: the models it still needs and what it makes of them.
 
     Attributes:
-      members: the models to train (fewer than the protocol's when an interrupted run saved
-        some: a finished fold is not trained again).
-      fit_kwargs: what :func:`training.loop.fit` needs besides (``num_classes``,
-        ``is_corrupted``, ``aum_from_epoch``).
+      stack: the models to train (fewer than the protocol's when an interrupted run saved
+        some: a finished fold is not trained again), as :func:`training.loop.fit` trains them
+        together (their outputs, the tag of their checkpoints, what is tracked).
       finish: ``trained -> (predictions, extra)``, given per member the :class:`Fitted` stack
         that holds it and its position there (:func:`fit_members`' result). The stack may hold
         other runs' models too (a sweep trains several runs' models together).
-      stack_tag: the name of the members' stack when the run trains them alone.
     """
 
-    members: list[Member]
-    fit_kwargs: dict[str, Any]
+    stack: Stack
     finish: Callable[[Trained], tuple[dict, dict]]
-    stack_tag: str
+
+    @property
+    def members(self) -> list[Member]:
+        return self.stack.members
 
 
 Log = Callable[[str], None]
@@ -141,46 +140,32 @@ def loss_hparams(cfg: config_lib.Config) -> dict[str, float]:
 
 
 def fit_members(
-    cfg: config_lib.Config,
-    fit_run: Callable[..., Fitted],
-    images: np.ndarray,
-    members: list[Member],
-    *,
-    stack_tag: str,
-    log: Callable[[str], None],
-    **kwargs: Any,
+    cfg: config_lib.Config, fit_run: Callable[[Stack], Fitted], stack: Stack, log: Log
 ) -> Trained:
-    """Train ``members``: vmapped together in one stack, or one after another.
+    """Train ``stack``'s members: vmapped together in one stack, or one after another.
 
     One after another with ``cfg.sequential``, with streamed data, or when the members'
     steps per epoch differ (folds of unequal size across a batch boundary). Returns, per member,
     the :class:`Fitted` stack that holds it and its position there.
     """
+    members = stack.members
     steps = member_steps_per_epoch(members, cfg.batch_size)
     together = not cfg.sequential and uses_device_data(cfg) and len(members) > 1
     if together and len(steps) > 1:
-        log(f"{stack_tag}: steps per epoch differ ({sorted(steps)}); training one at a time")
+        log(f"{stack.tag}: steps per epoch differ ({sorted(steps)}); training one at a time")
         together = False
     if together:
-        fitted = fit_run(images, members, tag=stack_tag, **kwargs)
+        fitted = fit_run(stack)
         return [(fitted, i) for i in range(len(members))]
-    return [(fit_run(images, [m], tag=m.tag, **kwargs), 0) for m in members]
+    return [(fit_run(stack.alone(m)), 0) for m in range(len(members))]
 
 
 def run_protocol(
-    cfg: config_lib.Config,
-    data: NoisyData,
-    fit_run: Callable[..., Fitted],
-    protocol: Protocol,
-    log: Callable[[str], None],
+    cfg: config_lib.Config, fit_run: Callable[[Stack], Fitted], protocol: Protocol, log: Log
 ) -> tuple[dict, dict]:
-    """Train a protocol's models (:func:`fit_members`) and finish it."""
-    trained = []
-    if protocol.members:
-        trained = fit_members(
-            cfg, fit_run, data.images, protocol.members, stack_tag=protocol.stack_tag,
-            log=log, **protocol.fit_kwargs,
-        )  # fmt: skip
+    """Train a protocol's models (:func:`fit_members`; ``fit_run``: :func:`training.loop.fit`
+    with the run's data and context bound) and finish it."""
+    trained = fit_members(cfg, fit_run, protocol.stack, log) if protocol.members else []
     return protocol.finish(trained)
 
 

@@ -30,7 +30,7 @@ from robust_losses_jax.protocols.base import (
 )
 from robust_losses_jax.records import atomic_write, barrier
 from robust_losses_jax.split import Split
-from robust_losses_jax.training.loop import Fitted
+from robust_losses_jax.training.loop import Fitted, Stack
 from robust_losses_jax.training.stacking import Member
 
 
@@ -80,7 +80,7 @@ def cross_validated_protocol(
         barrier("folds written")
         return confident_learning_on_folds(cfg, data, fold_of, paths)
 
-    return Protocol(members, {"num_classes": data.num_classes}, finish, stack_tag="folds")
+    return Protocol(Stack(members, data.num_classes, tag="folds"), finish)
 
 
 def fold_outputs(
@@ -152,13 +152,13 @@ def confident_learning_on_folds(
 
 
 def cross_validated(
-    cfg: config_lib.Config, data: NoisyData, fit_run: Callable[..., Fitted], workdir: Path,
-    base_key: jax.Array, log: Callable[[str], None],
+    cfg: config_lib.Config, data: NoisyData, fit_run: Callable[[Stack], Fitted], workdir: Path,
+    base_key: jax.Array, log: Log,
 ) -> tuple[dict, dict]:  # fmt: skip
     """:func:`cross_validated_protocol`, trained: the K models in one stack unless
     ``cfg.sequential``. Returns ``(predictions, extra)``."""
     protocol = cross_validated_protocol(cfg, data, base_key, workdir, log)
-    return run_protocol(cfg, data, fit_run, protocol, log)
+    return run_protocol(cfg, fit_run, protocol, log)
 
 
 def examples_per_model(cfg: config_lib.Config, split: Split, num_test: int) -> int:

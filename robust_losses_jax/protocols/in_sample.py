@@ -24,6 +24,7 @@ from robust_losses_jax.protocols.base import (
     training_outputs,
 )
 from robust_losses_jax.split import Split
+from robust_losses_jax.training.loop import Stack
 from robust_losses_jax.training.stacking import Member
 
 # ``--holdout=auto``: the fraction held out when the dataset has no test split.
@@ -69,8 +70,8 @@ def in_sample_protocol(
             )
         return out, extra
 
-    kwargs = {"num_classes": data.num_classes, "is_corrupted": data.is_corrupted[None]}
-    return Protocol([member], kwargs, finish, stack_tag="")
+    stack = Stack([member], data.num_classes, is_corrupted=data.is_corrupted[None])
+    return Protocol(stack, finish)
 
 
 def examples_per_model(cfg: config_lib.Config, split: Split, num_test: int) -> int:

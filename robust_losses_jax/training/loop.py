@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from robust_losses_jax import config as config_lib
-from robust_losses_jax import detection, input_pipeline
-from robust_losses_jax.training import parallel, step
+from robust_losses_jax import input_pipeline
+from robust_losses_jax.noisy_data import NoisyData
+from robust_losses_jax.training import auto_tau, parallel, step
 from robust_losses_jax.training.checkpoints import Checkpointer
 from robust_losses_jax.training.engines import (
     DeviceEngine,
@@ -146,196 +146,257 @@ def step_config(cfg: config_lib.Config, steps_per_epoch: int) -> step.StepConfig
     )
 
 
-def fit(
-    cfg: config_lib.Config,
-    images: np.ndarray,
-    members: list[Member],
-    *,
-    num_classes: int,
-    real_classes: int | None = None,
-    test_images: np.ndarray,
-    test_labels: np.ndarray,
-    mean: np.ndarray,
-    std: np.ndarray,
-    workdir: Path,
-    tag: str = "",
-    is_corrupted: np.ndarray | None = None,
-    resume: bool = False,
-    progress: bool = True,
-    devices: list,
-    log: Callable[[str], None] = print,
-    record_dirs: list[Path] | None = None,
-    timings: dict[str, float] | None = None,
-    aum_from_epoch: int = 0,
-    cache: ProgramCache | None = None,
-) -> Fitted:
-    """Train a stack of freshly initialised models (one or more :class:`stacking.Member`).
+@dataclasses.dataclass(frozen=True)
+class Stack:
+    """The models one :func:`fit` trains together, and what it records of them.
 
-    With the data on the devices (:func:`engines.uses_device_data`) every epoch is one compiled
-    program that trains all members together; streamed from the host, one member only, a step
-    at a time. Both train on the same batches.
-
-    Args:
-      images: uint8 ``[N, H, W, C]``, the rows the members' ``rows`` index.
-      members: the models to train; all must have the same number of steps per epoch.
+    Attributes:
+      members: the models; all must have the same number of steps per epoch.
       num_classes: outputs of the model (``C + 1`` with AUM's threshold class).
-      real_classes: ``C``, the dataset's classes (default ``num_classes``): test predictions are
-        the argmax over the first ``C`` logits.
-      workdir: the stack's checkpoints go to ``checkpoints`` (``checkpoints_<tag>``); each
-        member's epochs are appended to ``metrics.jsonl`` (with ``"run": member.tag`` when
-        tagged) and its per-example records go to ``train_record[_<member.tag>].npz``, in
-        ``workdir`` or, per member, in ``record_dirs`` (a stack of several runs' models).
+      tag: the stack's checkpoints go to ``checkpoints_<tag>`` (``checkpoints`` untagged).
       is_corrupted: ``[M, N]``, when given the members are evaluated on every row after the
         epochs that test (``cfg.eval_every``, and the last): ``p_t`` per epoch goes to the
         training record (``p_t_history`` ``[E, N]`` float16, NaN rows for the other epochs) and
         ``metrics.jsonl`` gets that epoch's detection F1 (argmax != given), AUROC of
         ``1 - p_t`` and memorised fraction.
-      resume: continue from the latest checkpoint of this stack.
       aum_from_epoch: the AUM sums (``Fitted.aum_sum``) leave out the epochs before this one
         (0-based), unless the run has no more epochs than that.
-      timings: when given, wall seconds are added to it by phase: ``setup`` (initialisation,
-        programs, data placement, restore), ``train`` (the epoch programs, compilation included),
-        ``test``, ``track`` (the per-epoch outputs on the training rows), ``records`` (training
-        records and ``metrics.jsonl``) and ``checkpoint``.
-      cache: models, optimisers and compiled programs shared with other fits (sequential folds,
-        sweep cells) so that equal settings compile once; default: this fit's own.
+      record_dirs: per member, the folder of its ``metrics.jsonl`` lines (with ``"run":
+        member.tag`` when tagged) and ``train_record[_<member.tag>].npz``; default: the
+        workdir (a stack of several runs' models gives each run's).
     """
-    lap = _Laps(timings)
-    cache = cache or ProgramCache()
+
+    members: list[Member]
+    num_classes: int
+    tag: str = ""
+    is_corrupted: np.ndarray | None = None
+    aum_from_epoch: int = 0
+    record_dirs: list[Path] | None = None
+
+    def alone(self, m: int) -> Stack:
+        """Member ``m`` as a stack of its own (tagged with its tag)."""
+        return dataclasses.replace(
+            self, members=[self.members[m]], tag=self.members[m].tag,
+            is_corrupted=None if self.is_corrupted is None else self.is_corrupted[m : m + 1],
+            record_dirs=None if self.record_dirs is None else [self.record_dirs[m]],
+        )  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class FitContext:
+    """Where a run's fits write and how they run (the same for every stack of the run).
+
+    Attributes:
+      workdir: checkpoints, and the members' records unless :attr:`Stack.record_dirs`.
+      devices: the devices to run on.
+      resume: continue from the latest checkpoint of each stack.
+      progress: show a progress bar.
+      log: where one-line messages go.
+      cache: models, optimisers and compiled programs shared between fits (sequential folds,
+        sweep cells) so that equal settings compile once.
+      timings: when given, wall seconds are added to it by phase: ``setup`` (initialisation,
+        programs, data placement, restore), ``train`` (the epoch programs, compilation
+        included), ``test``, ``track`` (the per-epoch outputs on the training rows), ``records``
+        (training records and ``metrics.jsonl``) and ``checkpoint``.
+    """
+
+    workdir: Path
+    devices: list
+    resume: bool = False
+    progress: bool = True
+    log: Callable[[str], None] = print
+    cache: ProgramCache = dataclasses.field(default_factory=ProgramCache)
+    timings: dict[str, float] | None = None
+
+
+@dataclasses.dataclass
+class _Training:
+    """A fit under way: what its phases share; ``states`` and ``hparams`` move on each epoch,
+    ``accuracies`` and ``tracked`` are the last tested epoch's."""
+
+    cfg: config_lib.Config
+    data: NoisyData
+    stack: Stack
+    context: FitContext
+    lap: _Laps
+    engine: Any
+    settings: step.StepConfig
+    checkpointer: Checkpointer
+    recorder: Recorder
+    tau_files: list[Path]
+    member_labels: np.ndarray
+    states: Any
+    hparams: dict[str, jax.Array]
+    accuracies: np.ndarray | None = None
+    tracked: dict[str, np.ndarray] | None = None
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.settings.steps_per_epoch
+
+
+def fit(cfg: config_lib.Config, data: NoisyData, stack: Stack, context: FitContext) -> Fitted:
+    """Train a stack of freshly initialised models (one or more :class:`stacking.Member`) on
+    ``data.images`` (the rows the members' ``rows`` index), tested on ``data``'s test split.
+
+    With the data on the devices (:func:`engines.uses_device_data`) every epoch is one compiled
+    program that trains all members together; streamed from the host, one member only, a step
+    at a time. Both train on the same batches. It tests every ``cfg.eval_every`` epochs,
+    chooses ``--tau=auto``'s threshold after the delay (:mod:`auto_tau`), and stops with
+    :class:`NonFiniteError` on a non-finite loss or gradient.
+    """
+    training = _start(cfg, data, stack, context)
+    start_epoch = _restore(training)
+    training.lap("setup")
+    training.checkpointer.start_clock()
+    members = stack.members
+    desc = f"{stack.tag or 'training'} ({len(members)} model{'s' if len(members) > 1 else ''})"
+    show = context.progress and uses_device_data(cfg)
+    for epoch in progress_bar(range(start_epoch, cfg.epochs), show, desc=desc, leave=False):
+        _train_epoch(training, epoch)
+    training.checkpointer.wait()
+    training.lap("checkpoint")
+    return _fitted(training)
+
+
+def _start(cfg: config_lib.Config, data: NoisyData, stack: Stack, context: FitContext) -> _Training:
+    """Initial states on the devices, the engine, the checkpointer and the recorder."""
+    lap = _Laps(context.timings)
     on_device = uses_device_data(cfg)
+    members, images = stack.members, data.images
     steps_per_epoch = _steps_per_epoch(cfg, members, on_device)
     states = initial_states(
-        cfg, members, images.shape[1:], num_classes=num_classes, steps_per_epoch=steps_per_epoch,
-        cache=cache,
+        cfg, members, images.shape[1:], num_classes=stack.num_classes,
+        steps_per_epoch=steps_per_epoch, cache=context.cache,
     )  # fmt: skip
     settings = step_config(cfg, steps_per_epoch)
-    hparams = stacked_hparams(members)
-    mesh = parallel.data_mesh(devices)
-    states = parallel.replicate(states, mesh)
-    real_classes = real_classes or num_classes
+    mesh = parallel.data_mesh(context.devices)
     if on_device:
         device_fns = device_programs(
-            cache, settings, mean, std, mesh, cfg.parallel,
+            context.cache, settings, data.mean, data.std, mesh, cfg.parallel,
             sizes=tuple(len(m.rows) for m in members), batch_size=cfg.batch_size,
             eval_batch_size=cfg.eval_batch_size,
         )  # fmt: skip
-        engine = DeviceEngine(images, test_images, members, mesh, device_fns)
+        engine = DeviceEngine(images, data.test_images, members, mesh, device_fns)
     else:
-        engine = StreamingEngine(
-            cfg, images, members[0], mesh, settings, mean, std, progress=progress
-        )
-    member_labels = np.stack([m.labels for m in members])
-    test_accuracy = functools.partial(
-        _test_accuracy, engine, images=test_images, labels=test_labels, real_classes=real_classes
-    )
-    checkpointer = Checkpointer(
-        workdir / f"checkpoints{'_' + tag if tag else ''}", every=cfg.checkpoint_every,
-        min_interval=cfg.checkpoint_min_interval,
+        engine = StreamingEngine(cfg, images, members[0], mesh, settings, data.mean, data.std,
+                                 progress=context.progress)  # fmt: skip
+    record_dirs = stack.record_dirs or [context.workdir] * len(members)
+    return _Training(
+        cfg=cfg, data=data, stack=stack, context=context, lap=lap, engine=engine,
+        settings=settings,
+        checkpointer=Checkpointer(
+            context.workdir / f"checkpoints{'_' + stack.tag if stack.tag else ''}",
+            every=cfg.checkpoint_every, min_interval=cfg.checkpoint_min_interval,
+        ),
+        recorder=Recorder(members, record_dirs, num_images=len(images),
+                          is_corrupted=stack.is_corrupted, log=context.log),
+        tau_files=auto_tau.paths(record_dirs, members),
+        member_labels=np.stack([m.labels for m in members]),
+        states=parallel.replicate(states, mesh),
+        hparams=stacked_hparams(members),
     )  # fmt: skip
-    recorder = Recorder(
-        members, record_dirs or [workdir] * len(members), num_images=len(images),
-        is_corrupted=is_corrupted, log=log,
-    )  # fmt: skip
-    start_epoch = 0
-    if resume and checkpointer.latest_step() is None:
+
+
+def _restore(training: _Training) -> int:
+    """With ``resume``, the latest checkpoint's states and records; returns the first epoch
+    to train."""
+    if not training.context.resume:
+        return 0
+    checkpointer, recorder = training.checkpointer, training.recorder
+    if checkpointer.latest_step() is None:
         # Killed before its first checkpoint (with --checkpoint-every > 1, after logging some
         # epochs): it starts again, without the epochs it logged.
         recorder.forget_logged()
-    elif resume:
-        states = checkpointer.restore(states)
-        start_epoch = int(np.ravel(states.step)[0]) // steps_per_epoch
-        recorder.resume(start_epoch)
-        step_now = start_epoch * steps_per_epoch
-        log(f"resumed {tag or 'run'} from epoch {start_epoch} (step {step_now})")
-    if cfg.auto_tau and start_epoch >= cfg.resolved_delay_epochs:  # Chosen before the resume.
-        hparams = {**hparams, "tau": jnp.asarray(recorder.read_auto_tau(), jnp.float32)}
-    lap("setup")
-    checkpointer.start_clock()
-    desc = f"{tag or 'training'} ({len(members)} model{'s' if len(members) > 1 else ''})"
-    accuracies, tracked = None, None  # The last epoch's, for the final model.
-    for epoch in progress_bar(range(start_epoch, cfg.epochs), progress and on_device, desc=desc,
-                       leave=False):  # fmt: skip
-        started = time.perf_counter()
-        states, epoch_metrics = engine.run_epoch(states, hparams, epoch)
-        _check_finite(epoch_metrics, members, epoch, steps_per_epoch, cfg, checkpointer)
-        lap("train")
-        chosen = None
-        if cfg.auto_tau and epoch + 1 == cfg.resolved_delay_epochs:
-            chosen = _choose_auto_tau(engine, states, hparams, images, member_labels, members)
-            hparams = {**hparams, "tau": jnp.asarray([t for t, _ in chosen], jnp.float32)}
-            recorder.write_auto_tau(chosen)
-        last = epoch + 1 == cfg.epochs
-        evaluated = last or (epoch + 1) % cfg.eval_every == 0
-        if evaluated:
-            accuracies = test_accuracy(states, hparams)
-            lap("test")
-        # Tracking evaluates every training row: it follows --eval-every like the test set.
-        tracked = None
-        if is_corrupted is not None and evaluated:
-            tracked = engine.outputs(states, hparams, images, member_labels)
-            lap("track")
-        step_now = (epoch + 1) * steps_per_epoch
-        lines = recorder.epoch(
-            epoch, epoch_metrics, step=step_now,
-            robust_loss_on=bool(step_now > settings.delay_steps),
-            seconds=(time.perf_counter() - started) / len(members),
-            test_accuracy=accuracies if evaluated else None, tracked=tracked, chosen=chosen,
-        )  # fmt: skip
-        lap("records")
-        if checkpointer.save_if_due(epoch, step_now, states, last=last):
-            lap("checkpoint")
-        recorder.log_epoch(lines, cfg.epochs)  # Once the checkpoint is saved.
-        lap("records")
-    checkpointer.wait()
-    lap("checkpoint")
-    aum_sum, aum_count = recorder.finish(aum_from_epoch)
+        return 0
+    training.states = checkpointer.restore(training.states)
+    start_epoch = int(np.ravel(training.states.step)[0]) // training.steps_per_epoch
+    recorder.resume(start_epoch)
+    training.hparams = auto_tau.restored(  # Chosen before the resume.
+        training.cfg, start_epoch, training.hparams, training.tau_files
+    )
+    step_now = start_epoch * training.steps_per_epoch
+    training.context.log(f"resumed {training.stack.tag or 'run'} from epoch {start_epoch} "
+                         f"(step {step_now})")  # fmt: skip
+    return start_epoch
+
+
+def _train_epoch(training: _Training, epoch: int) -> None:
+    """One epoch: train, check, choose ``tau=auto`` at the delay's end, test and track when
+    due, write the records, checkpoint, log."""
+    cfg, t, lap = training.cfg, training, training.lap
+    started = time.perf_counter()
+    t.states, epoch_metrics = t.engine.run_epoch(t.states, t.hparams, epoch)
+    _check_finite(epoch_metrics, t.stack.members, epoch, t.steps_per_epoch, cfg, t.checkpointer)
+    lap("train")
+    chosen = None
+    if auto_tau.is_due(cfg, epoch):
+        probs = t.engine.outputs(t.states, t.hparams, t.data.images, t.member_labels)["probs"]
+        chosen = auto_tau.choose(probs, t.stack.members, t.tau_files)
+        t.hparams = auto_tau.with_tau(t.hparams, [tau for tau, _ in chosen])
+    last = epoch + 1 == cfg.epochs
+    evaluated = last or (epoch + 1) % cfg.eval_every == 0
+    if evaluated:
+        t.accuracies = _test_accuracy(t.engine, t.states, t.hparams, data=t.data)
+        lap("test")
+    # Tracking evaluates every training row: it follows --eval-every like the test set.
+    t.tracked = None
+    if t.stack.is_corrupted is not None and evaluated:
+        t.tracked = t.engine.outputs(t.states, t.hparams, t.data.images, t.member_labels)
+        lap("track")
+    step_now = (epoch + 1) * t.steps_per_epoch
+    lines = t.recorder.epoch(
+        epoch, epoch_metrics, step=step_now,
+        robust_loss_on=bool(step_now > t.settings.delay_steps),
+        seconds=(time.perf_counter() - started) / len(t.stack.members),
+        test_accuracy=t.accuracies if evaluated else None, tracked=t.tracked, chosen=chosen,
+    )  # fmt: skip
     lap("records")
-    if accuracies is None:  # Resumed with every epoch done.
-        accuracies = test_accuracy(states, hparams)
-    outputs = functools.partial(engine.outputs, states, hparams)
+    if t.checkpointer.save_if_due(epoch, step_now, t.states, last=last):
+        lap("checkpoint")
+    t.recorder.log_epoch(lines, cfg.epochs)  # Once the checkpoint is saved.
+    lap("records")
+
+
+def _fitted(training: _Training) -> Fitted:
+    """The :class:`Fitted` of a finished fit (its training records gathered)."""
+    t = training
+    aum_sum, aum_count = t.recorder.finish(t.stack.aum_from_epoch)
+    t.lap("records")
+    if t.accuracies is None:  # Resumed with every epoch done.
+        t.accuracies = _test_accuracy(t.engine, t.states, t.hparams, data=t.data)
+    outputs = functools.partial(t.engine.outputs, t.states, t.hparams)
+    images, labels, members, tracked = t.data.images, t.member_labels, t.stack.members, t.tracked
     return Fitted(
-        states=states,
+        states=t.states,
         outputs=outputs,
         aum_sum=aum_sum,
         aum_count=aum_count,
-        test_accuracy=[float(a) for a in accuracies],
+        test_accuracy=[float(a) for a in t.accuracies],
         # The last epoch's tracked outputs are the final model's.
         training_outputs=functools.cache(
-            lambda: tracked if tracked is not None else outputs(images, member_labels)
+            lambda: tracked if tracked is not None else outputs(images, labels)
         ),
         held_out_outputs=functools.cache(
-            lambda: _held_out_outputs(outputs, images, member_labels, members)
+            lambda: _held_out_outputs(outputs, images, labels, members)
         ),
     )
 
 
 def _test_accuracy(
-    engine: Any, states: Any, hparams: dict[str, jax.Array], *, images: np.ndarray,
-    labels: np.ndarray, real_classes: int,
-) -> np.ndarray:  # fmt: skip
-    """Each member's accuracy on the test split, ``[M]``: the argmax over the first
-    ``real_classes`` logits; NaN without a test split (undefined: null in JSON)."""
+    engine: Any, states: Any, hparams: dict[str, jax.Array], *, data: NoisyData
+) -> np.ndarray:
+    """Each member's accuracy on the test split, ``[M]``: the argmax over the dataset's
+    ``data.num_classes`` logits (AUM's threshold class left out); NaN without a test split
+    (undefined: null in JSON)."""
+    images, labels = data.test_images, data.test_labels
     num_members = jax.tree.leaves(states)[0].shape[0]
     if not len(labels):
         return np.full(num_members, np.nan)
     logits = engine.outputs(
         states, hparams, images, np.broadcast_to(labels, (num_members, len(labels)))
     )["logits"]
-    return np.mean(logits[..., :real_classes].argmax(-1) == labels[None], axis=1)
-
-
-def _choose_auto_tau(
-    engine: Any, states: Any, hparams: dict[str, jax.Array], images: np.ndarray,
-    labels: np.ndarray, members: list[Member],
-) -> list[tuple[float, float]]:  # fmt: skip
-    """``--tau=auto``: each member's ``(tau, estimated noise rate)`` from its own in-sample
-    probabilities on its training rows (:func:`detection.auto_threshold`); ``labels``: the
-    members' labels, stacked ``[M, N]``."""
-    probs = engine.outputs(states, hparams, images, labels)["probs"]
-    return [
-        detection.auto_threshold(member.labels[member.rows], member_probs[member.rows])
-        for member, member_probs in zip(members, probs, strict=True)
-    ]
+    return np.mean(logits[..., : data.num_classes].argmax(-1) == labels[None], axis=1)
 
 
 def _check_finite(

@@ -84,7 +84,6 @@ class Recorder:
         self.num_images, self.is_corrupted, self.log = num_images, is_corrupted, log
         pairs = list(zip(record_dirs, members, strict=True))
         self.record_paths = [d / _tagged("train_record", m.tag, ".npz") for d, m in pairs]
-        self.auto_tau_paths = [d / _tagged("auto_tau", m.tag, ".json") for d, m in pairs]
         self.history: list[dict[str, list[np.ndarray]]] = [
             {k: [] for k in records.HISTORY_FIELDS} for _ in members
         ]
@@ -113,15 +112,6 @@ class Recorder:
                     "start again."
                 )
         self.forget_logged(start_epoch)
-
-    def read_auto_tau(self) -> list[float]:
-        """Each member's ``--tau=auto`` threshold, as chosen before a resume."""
-        return [json.loads(path.read_text())["tau"] for path in self.auto_tau_paths]
-
-    def write_auto_tau(self, chosen: Sequence[tuple[float, float]]) -> None:
-        """Each member's ``(tau, estimated noise rate)``."""
-        for path, (tau, rate) in zip(self.auto_tau_paths, chosen, strict=True):
-            records.write_json(path, {"tau": tau, "estimated_noise_rate": rate})
 
     def epoch(
         self,

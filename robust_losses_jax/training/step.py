@@ -158,6 +158,13 @@ def _scheduled_loss(config: StepConfig, step: Array, hparams: Mapping[str, Array
     )  # fmt: skip
 
 
+def _all_finite(grads: Any, per_example: Array, axis_name: str) -> Array:
+    """int32 1 when every gradient and per-example loss is finite on every device, else 0."""
+    finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+    finite = finite & jnp.all(jnp.isfinite(per_example))
+    return jax.lax.pmin(finite.astype(jnp.int32), axis_name)
+
+
 def train_step(
     state: TrainState,
     batch: Mapping[str, Array],
@@ -223,9 +230,7 @@ def train_step(
 
     grads, (logits, per_example, updates) = jax.grad(objective, has_aux=True)(state.params)
     grads = jax.lax.pmean(grads, axis_name)
-    finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
-    finite = finite & jnp.all(jnp.isfinite(per_example))
-    finite = jax.lax.pmin(finite.astype(jnp.int32), axis_name)
+    finite = _all_finite(grads, per_example, axis_name)
     new_state = state.apply_gradients(grads=grads)
     if has_bn:
         new_state = new_state.replace(batch_stats=updates["batch_stats"])  # pmean'd by BatchNorm.
