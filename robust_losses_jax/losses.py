@@ -394,9 +394,7 @@ def _check_hparams(loss_name: str, **hparams: Any) -> None:
         if values is None or values.size == 0:
             continue
         spec = _REGISTRY.get(loss_name)
-        low, high, low_ok, high_ok, allowed = (
-            spec.domains[name] if spec and name in spec.domains else _DOMAINS[name]
-        )
+        low, high, low_ok, high_ok, allowed = _domain(spec, name) if spec else _DOMAINS[name]
         above_low = (values > low) | (low_ok & (values == low))
         below_high = (values < high) | (high_ok & (values == high))
         if not np.all(above_low & below_high):  # NaN fails both comparisons.
@@ -423,6 +421,8 @@ class LossSpec:
       delayed: trained after ``config.DEFAULT_DELAY_EPOCHS`` of cross-entropy by default.
       domains: the allowed values of hyperparameters that :data:`_DOMAINS` does not know (a
         name there keeps its shared domain unless given here).
+      rampable: hyperparameters whose value 0 makes the loss cross-entropy: with ``--ramp``
+        they rise from 0 to their values after the delay (the others apply as they are).
     """
 
     name: str
@@ -432,6 +432,7 @@ class LossSpec:
     weight: Callable[..., Array] | None = None
     delayed: bool = False
     domains: Mapping[str, Domain] = dataclasses.field(default_factory=dict)
+    rampable: tuple[str, ...] = ()
 
     @property
     def summary(self) -> str:
@@ -456,6 +457,11 @@ def register_loss(spec: LossSpec) -> LossSpec:
         if name in _REGISTRY or name in _ALIASES:
             raise ValueError(f"a loss named {name!r} is already registered.")
     numeric = [k for k, v in spec.hparams.items() if not isinstance(v, bool)]  # power's detach.
+    if set(spec.rampable) - set(numeric):
+        raise ValueError(
+            f"{spec.name}: rampable {', '.join(sorted(set(spec.rampable) - set(numeric)))} "
+            f"is not among its numeric hyperparameters ({', '.join(numeric) or 'none'})."
+        )
     unknown = sorted(k for k in numeric if k not in spec.domains and k not in _DOMAINS)
     if unknown:
         raise ValueError(
@@ -477,11 +483,26 @@ def registered_losses() -> tuple[LossSpec, ...]:
     return tuple(_REGISTRY.values())
 
 
+# The built-in losses, in the order --help lists them.
 for _spec in (
     LossSpec("cross_entropy", cross_entropy, aliases=("ce",)),
-    LossSpec("focal", focal, weight=_focal_weight),
-    LossSpec("power", power, aliases=("blurry",), weight=_power_weight, delayed=True),
-    LossSpec("cutoff", cutoff, aliases=("piecewise_zero",), weight=_cutoff_weight, delayed=True),
+    LossSpec("focal", focal, weight=_focal_weight, rampable=("gamma",)),
+    LossSpec(
+        "power",
+        power,
+        aliases=("blurry",),
+        weight=_power_weight,
+        delayed=True,
+        rampable=("gamma", "tau"),
+    ),
+    LossSpec(
+        "cutoff",
+        cutoff,
+        aliases=("piecewise_zero",),
+        weight=_cutoff_weight,
+        delayed=True,
+        rampable=("tau",),
+    ),
     LossSpec("gce", gce, weight=_gce_weight),
     LossSpec("sce", sce),
     LossSpec("mae", mae),
@@ -491,6 +512,34 @@ for _spec in (
     LossSpec("poly1", poly1),
 ):
     register_loss(_spec)
+
+
+def losses_markdown() -> str:
+    """Every registered loss as a markdown table: name and aliases, its description, its
+    hyperparameters (default; allowed values), whether it is delayed by default and what
+    ``--ramp`` raises (docs/losses.md holds the built-ins'; a test keeps the two equal)."""
+    rows = [
+        "| name (aliases) | loss | hyperparameters (default; allowed) | delayed | ramped |",
+        "|---|---|---|---|---|",
+    ]
+    for spec in registered_losses():
+        names = f"`{spec.name}`" + (
+            f" ({', '.join(f'`{a}`' for a in spec.aliases)})" if spec.aliases else ""
+        )
+        hparams = "; ".join(
+            f"`{k}={v}`" + ("" if isinstance(v, bool) else f" ({_domain(spec, k)[4]})")
+            for k, v in spec.hparams.items()
+        )
+        summary = spec.summary.replace("``", "`").replace("|", "\\|")
+        rows.append(
+            f"| {names} | {summary} | {hparams} | {'yes' if spec.delayed else ''} | "
+            f"{', '.join(spec.rampable)} |"
+        )
+    return "\n".join(rows) + "\n"
+
+
+def _domain(spec: LossSpec, name: str) -> Domain:
+    return spec.domains[name] if name in spec.domains else _DOMAINS[name]
 
 
 def available_losses() -> tuple[str, ...]:

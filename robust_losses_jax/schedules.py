@@ -3,7 +3,8 @@
 The paper's ``delay``: plain cross-entropy for the first ``delay`` epochs, then the robust loss.
 From random weights, power (gamma=2) and cutoff (tau >= 0.1) fall into a degenerate solution
 without it (``../shared/README.md``, reference run). An optional linear ``ramp`` then raises
-``gamma``/``tau`` from 0 (where power and cutoff *are* cross-entropy) to their targets.
+the loss's rampable hyperparameters (``LossSpec.rampable``: power's ``gamma``, cutoff's
+``tau``, ...) from 0, where the loss *is* cross-entropy, to their targets.
 
 Everything here is traceable: the step is a traced value inside the jitted train step, and the loss
 hyperparameters it produces are traced too, so switching from CE to the robust loss compiles once.
@@ -21,9 +22,6 @@ from robust_losses_jax import losses
 
 Array = jax.Array
 ScheduleFn = Callable[[jax.typing.ArrayLike], dict[str, Array]]
-
-# Hyperparameters whose value 0 turns the loss into cross-entropy, so a ramp can start there.
-RAMPABLE = ("gamma", "tau")
 
 
 def delay_active(step: jax.typing.ArrayLike, delay_steps: int) -> Array:
@@ -55,8 +53,8 @@ def loss_schedule(
       delay_steps: steps of plain cross-entropy before the robust loss is switched on.
       ramp_steps: steps over which each ramped hyperparameter rises from 0 to its target, starting
         when the delay ends; 0 means no ramp.
-      targets: final values of the ramped hyperparameters, keys among ``RAMPABLE``. Without a ramp
-        they are returned unchanged at every step.
+      targets: final values of the ramped hyperparameters (a loss's ``LossSpec.rampable``: at 0
+        it is cross-entropy). Without a ramp they are returned unchanged at every step.
 
     Returns:
       A pure function of the (possibly traced) step.
@@ -66,13 +64,6 @@ def loss_schedule(
         raise ValueError(f"delay_steps={delay_steps!r} must be an integer >= 0.")
     if not isinstance(ramp_steps, int) or ramp_steps < 0:
         raise ValueError(f"ramp_steps={ramp_steps!r} must be an integer >= 0.")
-    if ramp_steps:
-        not_rampable = sorted(set(targets) - set(RAMPABLE))
-        if not_rampable:
-            raise ValueError(
-                f"Cannot ramp {', '.join(not_rampable)}; only {', '.join(RAMPABLE)} can be ramped "
-                "(their value 0 is cross-entropy)."
-            )
 
     def schedule(step: jax.typing.ArrayLike) -> dict[str, Array]:
         hparams = {"robust": delay_active(step, delay_steps)}
@@ -103,9 +94,9 @@ def scheduled_loss(
     Args:
       loss_name: a name from :func:`losses.available_losses`.
       step: the (traced) train step.
-      hparams: the loss's target hyperparameters (traced or concrete); those in
-        :data:`RAMPABLE` rise from 0 over ``ramp_steps`` after the delay, the others apply as
-        they are.
+      hparams: the loss's target hyperparameters (traced or concrete); its rampable ones
+        (``LossSpec.rampable``) rise from 0 over ``ramp_steps`` after the delay, the others
+        apply as they are.
       delay_steps, ramp_steps: as :func:`loss_schedule`.
       detach: power's weight detached (a Python bool: it changes the program).
 
@@ -114,7 +105,8 @@ def scheduled_loss(
       the per-example loss and :func:`losses.gradient_weight` (1 during the delay).
     """
     targets = dict(hparams)
-    ramped = {k: targets[k] for k in RAMPABLE if k in targets}
+    rampable = losses.loss_spec(loss_name).rampable
+    ramped = {k: targets[k] for k in rampable if k in targets}
     schedule = loss_schedule(
         delay_steps=delay_steps, ramp_steps=ramp_steps if ramped else 0, targets=ramped
     )

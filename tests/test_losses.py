@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import zlib
+from pathlib import Path
 
 import chex
 import hypothesis
@@ -80,10 +81,8 @@ def np_loss(name, logits, labels, **hp):
     raise KeyError(name)
 
 
-CANONICAL = (
-    "cross_entropy", "focal", "power", "cutoff", "gce", "sce", "mae",
-    "nce_rce", "nce_mae", "anl_ce", "poly1",
-)  # fmt: skip
+# Every registered loss is tested (and needs its OTHER_HPARAMS entry).
+CANONICAL = tuple(spec.name for spec in losses.registered_losses())
 
 # Non-default hyperparameters for each loss, to check they are used.
 OTHER_HPARAMS = {
@@ -525,13 +524,24 @@ def test_gradient_weight_keeps_nan_as_the_loss_does():
 
 def test_the_registry_describes_every_loss_once():
     specs = {spec.name: spec for spec in losses.registered_losses()}
-    assert set(specs) == set(CANONICAL)
+    assert set(specs) == set(OTHER_HPARAMS)  # Each with its non-default values below.
     assert {losses.canonical_name(a) for a in ("ce", "blurry", "piecewise_zero")} == {
         "cross_entropy",
         "power",
         "cutoff",
     }
     assert [n for n, s in specs.items() if s.delayed] == ["power", "cutoff"]
+    assert {n: s.rampable for n, s in specs.items() if s.rampable} == {
+        "focal": ("gamma",), "power": ("gamma", "tau"), "cutoff": ("tau",)
+    }  # fmt: skip
+    for spec in specs.values():  # At 0, a rampable hyperparameter makes the loss cross-entropy.
+        logits, labels = jnp.array([[2.0, -1.0, 0.5], [0.0, 3.0, 1.0]]), jnp.array([0, 2])
+        zero = dict.fromkeys(spec.rampable, 0.0)
+        if zero:
+            np.testing.assert_allclose(
+                losses.get_loss(spec.name, **zero)(logits, labels),
+                losses.cross_entropy(logits, labels), rtol=1e-6, err_msg=spec.name,
+            )  # fmt: skip
     assert specs["gce"].summary.startswith("Generalised cross-entropy")
     assert losses.loss_hparams("power") == {"gamma": 2.0, "tau": 0.0, "detach": True}
 
@@ -563,3 +573,12 @@ def test_register_loss_makes_a_new_loss_available_and_checks_it(monkeypatch):
         losses.get_loss("squared", strength=-1.0)
     with pytest.raises(ValueError, match=r"a loss named 'ce' is already registered"):
         losses.register_loss(losses.LossSpec("ce", squared, domains=spec.domains))
+    with pytest.raises(ValueError, match=r"rampable gamma is not among its numeric"):
+        losses.register_loss(losses.LossSpec("sq2", squared, domains=spec.domains,
+                                             rampable=("gamma",)))  # fmt: skip
+
+
+def test_docs_losses_table_is_the_registrys():
+    text = (Path(__file__).resolve().parent.parent / "docs" / "losses.md").read_text()
+    table = text.split("<!-- LOSSES -->\n")[1].split("<!-- /LOSSES -->")[0]
+    assert table == losses.losses_markdown(), "regenerate it: losses.losses_markdown()"

@@ -108,8 +108,7 @@ def test_step_is_traced_and_compiles_once():
     "kwargs,message",
     [({"delay_steps": -1}, r"delay_steps=-1 must be an integer >= 0"),
      ({"delay_steps": 1.5}, r"delay_steps=1.5 must be an integer >= 0"),
-     ({"ramp_steps": -2}, r"ramp_steps=-2 must be an integer >= 0"),
-     ({"ramp_steps": 3, "targets": {"q": 0.7}}, r"Cannot ramp q; only gamma, tau can be ramped")],
+     ({"ramp_steps": -2}, r"ramp_steps=-2 must be an integer >= 0")],
 )  # fmt: skip
 def test_bad_schedule_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -131,4 +130,18 @@ def test_scheduled_loss_ramps_only_the_rampable():
     loss_fn, _ = schedules.scheduled_loss("gce", 3, {"q": 0.5}, delay_steps=3, ramp_steps=10)
     np.testing.assert_allclose(
         loss_fn(logits, labels), losses.gce(logits, labels, q=0.5), rtol=1e-6
+    )
+
+
+def test_a_ramp_raises_the_losses_own_rampable_hyperparameters():
+    """focal's gamma is rampable: halfway through the ramp it trains with half its gamma;
+    at the delay's end (the ramp's start) it is cross-entropy."""
+    logits, labels = _logits(5)
+    loss_fn, _ = schedules.scheduled_loss("focal", 7, {"gamma": 2.0}, delay_steps=2, ramp_steps=10)
+    np.testing.assert_allclose(
+        loss_fn(logits, labels), losses.focal(logits, labels, gamma=1.0), rtol=1e-6
+    )
+    at_start, _ = schedules.scheduled_loss("focal", 2, {"gamma": 2.0}, delay_steps=2, ramp_steps=10)
+    np.testing.assert_allclose(
+        at_start(logits, labels), losses.cross_entropy(logits, labels), rtol=1e-6
     )
