@@ -131,3 +131,13 @@ def test_the_length_rule_counts_code_lines_only():
     source = 'def f():\n    """Doc.\n\n    More."""\n    # why\n\n    x = 1\n    return x\n'
     (node,) = ast.parse(source).body
     assert code_lines(source.splitlines(), node) == 3  # def, x = 1, return.
+
+
+def test_the_readme_map_names_every_module():
+    text = (ROOT / "README.md").read_text()
+    block = text.split("## The code")[1].split("```")[1]  # The map's code block.
+    words = set(block.replace("/", " ").split())
+    # A package's own name stands for its __init__; models/ for its networks.
+    named = [name for name in MODULES
+             if name.split(".")[-1] in words or name.split(".")[0] == "models"]  # fmt: skip
+    assert sorted(set(MODULES) - set(named) - {"", "__main__"}) == []

@@ -96,7 +96,7 @@ def prepare_process(argv: Sequence[str]) -> None:
 
 PLUGIN_HELP = (
     "import MODULE (importable: on PYTHONPATH or installed) before the flags are read, so the "
-    "losses it registers are choices (docs/extending.md); repeatable"
+    "losses and detectors it registers are choices (docs/extending.md); repeatable"
 )
 
 
