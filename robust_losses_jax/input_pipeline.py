@@ -96,7 +96,7 @@ def load_builder(name: str, data_dir: str | None = None):
     # the core runs without TensorFlow.
     import tensorflow_datasets as tfds
 
-    from robust_losses_jax import local_datasets
+    from robust_losses_jax import local_datasets  # Built on tfds: imported with it.
 
     require_tensorflow(name)
     data_dir = data_dir or default_data_dir()

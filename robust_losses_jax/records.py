@@ -24,6 +24,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 # The fields of a training record: per epoch and example, the sum and count of the training
 # margins (AUM) and, when the run tracks it, p_t after the epoch.
@@ -38,8 +39,6 @@ def is_writer() -> bool:
 def barrier(name: str) -> None:
     """Wait for every process (multi-host) before reading what process 0 wrote."""
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
         multihost_utils.sync_global_devices(name)
 
 

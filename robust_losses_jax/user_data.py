@@ -243,7 +243,7 @@ def capped_size(size: tuple[int, int]) -> tuple[int, int]:
 
 def _convert(picture, gray: bool, height: int, width: int) -> np.ndarray:
     """One PIL image as uint8 ``[height, width, 1 or 3]`` (:data:`FOLDER_RULE`)."""
-    from PIL import Image
+    from PIL import Image  # Optional: only folder datasets need it.
 
     if picture.mode in ("I", "I;16", "F"):  # 16-bit or float grayscale: scale to 8 bits.
         values = np.asarray(picture, np.float64)

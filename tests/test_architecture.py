@@ -141,3 +141,25 @@ def test_the_readme_map_names_every_module():
     named = [name for name in MODULES
              if name.split(".")[-1] in words or name.split(".")[0] == "models"]  # fmt: skip
     assert sorted(set(MODULES) - set(named) - {"", "__main__"}) == []
+
+
+def test_imports_inside_library_functions_are_optional_heavy_ones_and_say_so():
+    """Every import is at module top level, but an optional or heavy dependency (tfds, PIL,
+    pandas, ...), which says why on its line or the line above. The commands import the library
+    inside their functions on purpose (importing one starts no JAX: tests/test_cli.py)."""
+    unexplained = []
+    for name, path in MODULES.items():
+        if name.startswith("commands"):
+            continue
+        lines = path.read_text().splitlines()
+        for node in ast.walk(ast.parse("\n".join(lines))):
+            if not isinstance(node, ast.FunctionDef):
+                continue
+            for inner in ast.walk(node):
+                if isinstance(inner, ast.Import | ast.ImportFrom):
+                    said = "#" in lines[inner.lineno - 1] or lines[
+                        inner.lineno - 2
+                    ].strip().startswith("#")
+                    if not said:
+                        unexplained.append(f"{name}:{inner.lineno}")
+    assert unexplained == []

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
+from tqdm.auto import tqdm
 
 from robust_losses_jax import config as config_lib
 from robust_losses_jax import detection, input_pipeline, models
@@ -170,8 +171,6 @@ def progress_bar(iterable: Iterable, enabled: bool, **kwargs) -> Iterable:
     """``iterable`` under a tqdm bar (``kwargs`` are tqdm's), or as it is when not ``enabled``."""
     if not enabled:
         return iterable
-    from tqdm.auto import tqdm
-
     return tqdm(iterable, **kwargs)
 
 

@@ -1,12 +1,14 @@
 """Training a stack of models for a run's epochs: :func:`fit`.
 
-:func:`fit` trains one or more freshly initialised models (:class:`stacking.Member`) and returns a
+:func:`fit` trains a :class:`Stack` (one or more freshly initialised models,
+:class:`stacking.Member`) in a :class:`FitContext` (workdir, devices, resume, ...) and returns a
 :class:`Fitted`: the final states, their test accuracies, and evaluations of them on the
 training rows. It is a loop over epochs of an engine (:mod:`training.engines`: the whole stack
 on the devices, or one model streamed from the host), with a :class:`checkpoints.Checkpointer`
 (orbax; ``resume`` continues from the latest) and a :class:`recorder.Recorder` (``metrics.jsonl``,
-training records); it tests every ``eval_every`` epochs, chooses ``--tau=auto``'s threshold after
-the delay, and stops with :class:`NonFiniteError` on a non-finite loss or gradient.
+training records), in named phases: :func:`_start`, :func:`_restore`, :func:`_train_epoch` (test
+every ``eval_every`` epochs, ``--tau=auto``'s threshold after the delay, :class:`NonFiniteError`
+on a non-finite loss or gradient) and :func:`_fitted`.
 """
 
 from __future__ import annotations

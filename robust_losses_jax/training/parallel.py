@@ -13,6 +13,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from robust_losses_jax import config as config_lib
@@ -61,8 +62,6 @@ def gather_outputs(tree: Any) -> Any:
     """Per-device outputs ``[D_local, ...]`` of every process as host arrays ``[D, ...]``."""
     if jax.process_count() == 1:
         return jax.device_get(tree)
-    from jax.experimental import multihost_utils
-
     return multihost_utils.process_allgather(tree, tiled=True)
 
 
