@@ -279,9 +279,11 @@ def find_label_issues(
       resume: continue a killed run in ``workdir``.
 
     Returns:
-      :class:`LabelIssues`, ranked on the out-of-sample probabilities (``config.detector="cl"``)
-      or on one model's in-sample ones (``"pt"``: flagged where it predicts another class; with
-      a robust loss it flagged better than K folds, docs/results/README.md).
+      :class:`LabelIssues`, ranked on the run's probabilities (out-of-sample for
+      ``config.detector="cl"``, one model's in-sample ones for ``"pt"``), flagged by the
+      detector's own rule (:attr:`protocols.Detector.flags`: for ``pt`` where the model predicts
+      another class; with a robust loss it flagged better than K folds,
+      docs/results/README.md).
     """
     images = np.asarray(images)
     images = images[..., None] if images.ndim == 3 else images

@@ -60,8 +60,9 @@ def flag(default: Any, group: str | None, help: str | Callable[[], str], **more:
       help: what the field decides.
       **more: ``flag``: the flag's name where it is not the field's (``delay`` for
         ``delay_epochs``); ``choices``: the allowed values, listed by ``--help`` (:func:`validate`
-        checks them); ``parse``: reads a typed value where the field's type cannot (``str ->
-        value``; ``ValueError`` or ``OSError`` for a bad one); ``none``: what a default of None
+        checks them; ``what`` names the field in its error, default its name in words);
+        ``parse``: reads a typed value where the field's type cannot (``str -> value``;
+        ``ValueError`` or ``OSError`` for a bad one); ``none``: what a default of None
         means; ``registry``: the choices are what a registry above config holds (``detectors``:
         ``protocols.registered_detectors``), listed by the parser and checked where it is looked
         up. ``help`` and ``choices`` may be functions of no arguments, called when the parser
@@ -151,7 +152,13 @@ class Config:
         flag="delay",
         none="2 for power/cutoff, else 0",
     )
-    ramp_epochs: int = flag(0, "loss", "epochs to ramp gamma/tau up after the delay", flag="ramp")
+    ramp_epochs: int = flag(
+        0,
+        "loss",
+        "epochs to ramp the loss's rampable hyperparameters (power's gamma, cutoff's tau, ...) up "
+        "from 0 after the delay",
+        flag="ramp",
+    )
     image_size: str | None = flag(
         None,
         "data",
@@ -201,7 +208,9 @@ class Config:
         None, "data", "CIFAR augmentation (random crop and flip)", none="on for CIFAR"
     )
     dtype: str = flag("float32", "model", "compute dtype", choices=DTYPES)
-    parallel: str = flag("pmap", "training", "data parallelism", choices=PARALLEL_MODES)
+    parallel: str = flag(
+        "pmap", "training", "data parallelism", choices=PARALLEL_MODES, what="parallel mode"
+    )
     pt_threshold: float = flag(0.5, "detection", "pt: flag an example when p_t is below this")
     # How label errors are found: a detector registered with protocols.register_detector (its
     # choices and their help come from there; config imports no protocol).
@@ -222,6 +231,7 @@ class Config:
         "detection",
         "cl: Confident Learning's filter_by",
         choices=detection.FILTER_BY,
+        what="cl filter_by",
     )
     aum_percentile: float = flag(
         99.0, "detection", "aum: flag below this percentile of the threshold examples' AUM"
@@ -339,10 +349,8 @@ def _check_choices(config: Config) -> None:
         allowed = choices() if callable(choices) else choices
         value = getattr(config, field.name)
         if value is not None and value not in allowed:
-            raise ValueError(
-                f"Unknown {field.name.replace('_', ' ')} {value!r}; "
-                f"choose from {', '.join(allowed)}."
-            )
+            what = field.metadata.get("what", field.name.replace("_", " "))
+            raise ValueError(f"Unknown {what} {value!r}; choose from {', '.join(allowed)}.")
 
 
 def _check_auto_tau(config: Config) -> None:

@@ -46,6 +46,7 @@ from robust_losses_jax import corruption, detection, input_pipeline, metrics, no
 from robust_losses_jax.noisy_data import NoisyData
 from robust_losses_jax.protocols.base import run_protocol
 from robust_losses_jax.records import atomic_write, barrier, is_writer, strict_json, write_json
+from robust_losses_jax.training import auto_tau
 from robust_losses_jax.training.engines import ProgramCache, uses_device_data
 from robust_losses_jax.training.loop import FitContext, Fitted, fit, member_steps_per_epoch
 from robust_losses_jax.training.step import LOW_WEIGHT
@@ -101,7 +102,7 @@ def degeneracy_warning(predictions: dict[str, np.ndarray], num_classes: int) -> 
 
 # What a run writes into its workdir (``clear_outputs`` removes exactly these).
 OUTPUT_PATTERNS = ("config.json", "metrics.jsonl", "predictions.npz", "summary.json",
-                   "fold*.npz", "train_record*.npz", "train_record*.epochs", "auto_tau*.json",
+                   "fold*.npz", "train_record*.npz", "train_record*.epochs", auto_tau.FILE_PATTERN,
                    "checkpoints", "checkpoints_*")  # fmt: skip
 # Config fields a resumed run may change: they decide how long it trains, or what it logs and how
 # often it checkpoints, not what it trains.

@@ -4,8 +4,8 @@ its models, their outputs.
 A :class:`Detector` is one way of finding label errors, registered under its ``--detector``
 name (:func:`register_detector`): how it sets up a run (its :class:`Protocol`), which examples
 it flags, how many models it trains and which settings it reads. A :class:`Protocol` is the list
-of models (stack members) a run still needs, the arguments :func:`training.loop.fit` needs for
-them, and a ``finish`` function that turns the trained stack into the run's predictions and
+of models a run still needs (a :class:`training.loop.Stack`, as :func:`training.loop.fit` trains
+them) and a ``finish`` function that turns the trained stack into the run's predictions and
 extra scores. The built-in detectors are the modules beside this one (:mod:`in_sample`,
 :mod:`cross_validation`, :mod:`aum`), each registering itself.
 """
@@ -77,8 +77,8 @@ class Detector:
       out_of_sample: whether every example's probabilities come from a model that did not
         train on it (an audit says which its flags rest on).
       settings: the ``Config`` fields only this detector reads (``--folds`` for ``cl``).
-        ``holdout`` among them says it trains without a held-out slice when asked to; a run
-        of a detector without it is refused a nonzero ``--holdout``.
+        ``holdout`` among them says it holds a slice out of training when asked to
+        (``--holdout``); a run of a detector without it is refused a nonzero ``--holdout``.
       check_data: ``(cfg, train split, test examples) ->`` the examples each model trains on;
         ``ValueError`` (one line) for a split it cannot use. Default: every example.
       scores: ``(key, label)``: its protocol's own scores go to ``summary.json``'s

@@ -55,7 +55,7 @@ def _tagged(name: str, tag: str, suffix: str) -> str:
 
 
 class Recorder:
-    """Per member of a stack: its ``metrics.jsonl``, training record and ``--tau=auto`` file.
+    """Per member of a stack: its ``metrics.jsonl`` lines and training record.
 
     Args:
       members: the stack.

@@ -44,7 +44,8 @@ class StepConfig:
     Attributes:
       loss_name: a name from :func:`losses.available_losses`.
       delay_steps: steps of cross-entropy before the robust loss.
-      ramp_steps: steps over which ``gamma``/``tau`` rise from 0 after the delay.
+      ramp_steps: steps over which the loss's rampable hyperparameters (``LossSpec.rampable``)
+        rise from 0 after the delay.
       steps_per_epoch: to turn the step into the epoch (augmentation keys).
       augment: CIFAR augmentation (random crop, flip).
       l1_weight: L1 penalty on the parameters (ANL's regulariser), 0 for none.
