@@ -81,11 +81,11 @@ def np_loss(name, logits, labels, **hp):
     raise KeyError(name)
 
 
-# Every registered loss is tested (and needs its OTHER_HPARAMS entry).
+# Every registered loss is tested.
 CANONICAL = tuple(spec.name for spec in losses.registered_losses())
 
-# Non-default hyperparameters for each loss, to check they are used.
-OTHER_HPARAMS = {
+# Non-default hyperparameters for each built-in loss, to check they are used.
+CHOSEN_HPARAMS = {
     "cross_entropy": {},
     "focal": {"gamma": 0.5},
     "power": {"gamma": 0.5, "tau": 0.05},
@@ -97,6 +97,30 @@ OTHER_HPARAMS = {
     "nce_mae": {"alpha": 2.0, "beta": 3.0},
     "anl_ce": {"alpha": 1.0, "beta": 2.0, "min_prob": 1e-5},
     "poly1": {"epsilon": -1.0},
+}
+
+
+def other_values(spec: losses.LossSpec) -> dict[str, float]:
+    """For each numeric hyperparameter, a value inside its domain other than its default."""
+    out = {}
+    for name, default in spec.hparams.items():
+        if isinstance(default, bool):
+            continue
+        for value in (default * 0.5, default * 2, 0.5, 0.25, 2.0):
+            try:
+                losses.get_loss(spec.name, **{name: value})
+            except ValueError:
+                continue
+            if value != default:
+                out[name] = value
+                break
+    return out
+
+
+# A loss registered without chosen values (a new one) gets values inside its domains.
+OTHER_HPARAMS = {
+    spec.name: CHOSEN_HPARAMS.get(spec.name, other_values(spec))
+    for spec in losses.registered_losses()
 }
 
 SHAPES = ((8, 10), (3, 4, 7), (5,), (64, 100))
@@ -524,7 +548,13 @@ def test_gradient_weight_keeps_nan_as_the_loss_does():
 
 def test_the_registry_describes_every_loss_once():
     specs = {spec.name: spec for spec in losses.registered_losses()}
-    assert set(specs) == set(OTHER_HPARAMS)  # Each with its non-default values below.
+    for spec in specs.values():  # What a new loss would get: non-default values it accepts.
+        for name, value in other_values(spec).items():
+            assert value != spec.hparams[name]
+            losses.get_loss(spec.name, **{name: value})
+        assert set(other_values(spec)) == {
+            k for k, v in spec.hparams.items() if not isinstance(v, bool)
+        }, spec.name
     assert {losses.canonical_name(a) for a in ("ce", "blurry", "piecewise_zero")} == {
         "cross_entropy",
         "power",
