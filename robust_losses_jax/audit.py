@@ -31,7 +31,7 @@ import jax
 import numpy as np
 
 from robust_losses_jax import config as config_lib
-from robust_losses_jax import detection, experiment, input_pipeline, probe, protocols
+from robust_losses_jax import detection, experiment, input_pipeline, probe, protocols, user_data
 from robust_losses_jax.protocols import in_sample
 
 # The audit's defaults where they differ from the runner's (``config.Config``): nothing
@@ -396,12 +396,7 @@ def check_training_split(split: Any, *, where: str) -> None:
             f"{where}: {len(images)} images but labels of shape {list(labels.shape)}; pass one "
             "label per image."
         )
-    bad = (labels < 0) | (labels >= split.num_classes)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise ValueError(
-            f"{where}: label[{i}] = {int(labels[i])} is outside [0, {split.num_classes})."
-        )
+    user_data.check_label_range(where, "label", labels, split.num_classes)
 
 
 def check_settings(split: Any, cfg: config_lib.Config, *, num_test: int = 0) -> None:

@@ -13,7 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
-from robust_losses_jax.user_data import NPZ_PREFIX, open_npz
+from robust_losses_jax.user_data import (
+    NPZ_PREFIX,
+    check_label_range,
+    check_labels,
+    npz_class_names,
+    open_npz,
+)
 
 FEATURE_KEYS = ("train_features", "train_labels", "test_features", "test_labels")
 
@@ -66,19 +72,6 @@ def _features(where: str, key: str, array: np.ndarray) -> np.ndarray:
     return array.astype(np.float32)
 
 
-def _labels(where: str, key: str, labels: np.ndarray, rows: int, num_classes: int) -> np.ndarray:
-    if labels.ndim != 1 or len(labels) != rows or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(
-            f"{where}: {key} must be integers [{rows}] (one per row of features); got "
-            f"{labels.dtype} {list(labels.shape)}."
-        )
-    bad = (labels < 0) | (labels >= num_classes)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"{where}: {key}[{i}] = {int(labels[i])} is outside [0, {num_classes}).")
-    return labels.astype(np.int32)
-
-
 def load_features(path: str | Path) -> FeatureSplits:
     """The features npz at ``path`` (see the module docstring), checked."""
     where = f"npz:{path}"
@@ -89,16 +82,11 @@ def load_features(path: str | Path) -> FeatureSplits:
             arrays = {k: data[k] for k in FEATURE_KEYS if k in data.files}
         except ValueError:
             raise ValueError(f"{where}: features must be numeric arrays, not objects.") from None
-        names = tuple(str(x) for x in data["class_names"]) if "class_names" in data.files else None
-        declared = int(data["num_classes"]) if "num_classes" in data.files else None
-    train = _features(where, "train_features", arrays["train_features"])
-    labels = arrays["train_labels"]
-    if names is None:
-        inferred = int(labels.max()) + 1 if labels.size and labels.ndim == 1 else 0
-        names = tuple(str(k) for k in range(declared if declared is not None else inferred))
-    if len(names) < 2:
-        raise ValueError(f"{where}: {len(names)} classes; a dataset needs at least 2.")
-    train_labels = _labels(where, "train_labels", labels, len(train), len(names))
+        train = _features(where, "train_features", arrays["train_features"])
+        train_labels = arrays["train_labels"]
+        check_labels(where, "train_labels", train_labels, len(train), per="row of features")
+        names = npz_class_names(where, data, train_labels)
+    check_label_range(where, "train_labels", train_labels, len(names))
     if ("test_features" in arrays) != ("test_labels" in arrays):
         raise ValueError(f"{where} has only one of test_features and test_labels; pass both.")
     test = np.zeros((0, train.shape[1]), np.float32)
@@ -110,5 +98,9 @@ def load_features(path: str | Path) -> FeatureSplits:
                 f"{where}: test_features have {test.shape[1]} columns, train_features "
                 f"{train.shape[1]}; they must match."
             )
-        test_labels = _labels(where, "test_labels", arrays["test_labels"], len(test), len(names))
-    return FeatureSplits(train, train_labels, test, test_labels, names)
+        test_labels = arrays["test_labels"]
+        check_labels(where, "test_labels", test_labels, len(test), per="row of features")
+        check_label_range(where, "test_labels", test_labels, len(names))
+    return FeatureSplits(
+        train, train_labels.astype(np.int32), test, test_labels.astype(np.int32), names
+    )

@@ -75,12 +75,40 @@ def load_split(name: str, split: str, image_size: str | None = None) -> Split:
     raise ValueError(f"{name!r} is not npz:PATH or folder:PATH.")
 
 
-def _check_labels(where: str, array: str, labels: np.ndarray, num_images: int) -> None:
-    if labels.ndim != 1 or len(labels) != num_images or not np.issubdtype(labels.dtype, np.integer):
+def check_labels(
+    where: str, array: str, labels: np.ndarray, num_rows: int, *, per: str = "image"
+) -> None:
+    """``labels`` are integers ``[num_rows]``, one per image (or ``per`` row); else one line."""
+    if labels.ndim != 1 or len(labels) != num_rows or not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(
-            f"{where}: {array} must be integers [{num_images}] (one per image); got "
+            f"{where}: {array} must be integers [{num_rows}] (one per {per}); got "
             f"{labels.dtype} {list(labels.shape)}."
         )
+
+
+def check_label_range(where: str, array: str, labels: np.ndarray, num_classes: int) -> None:
+    """Every label in ``[0, num_classes)``; else one line naming the first one outside."""
+    bad = (labels < 0) | (labels >= num_classes)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            f"{where}: {array}[{i}] = {int(labels[i])} is outside [0, {num_classes}) "
+            f"({int(bad.sum())} labels are)."
+        )
+
+
+def npz_class_names(where: str, data: np.lib.npyio.NpzFile, labels: np.ndarray) -> tuple[str, ...]:
+    """The classes of an open npz: its ``class_names``, else ``num_classes`` or the largest of
+    ``labels`` plus one, named by number; ``ValueError`` for fewer than 2."""
+    if "class_names" in data.files:
+        names = tuple(str(x) for x in data["class_names"])
+    else:
+        inferred = int(labels.max()) + 1 if labels.size and labels.max() >= 0 else 0
+        declared = int(data["num_classes"]) if "num_classes" in data.files else inferred
+        names = tuple(str(i) for i in range(declared))
+    if len(names) < 2:
+        raise ValueError(f"{where}: {len(names)} classes; a dataset needs at least 2.")
+    return names
 
 
 def open_npz(path: str | Path) -> np.lib.npyio.NpzFile:
@@ -113,17 +141,10 @@ def load_npz_split(path: str, split: str) -> Split:
                         f"{where}: {key} is an object array (images of mixed shapes?); it must "
                         "be one uint8 array [N, H, W] or [N, H, W, C]."
                     ) from None
-        names = tuple(str(x) for x in data["class_names"]) if "class_names" in data.files else None
-        declared = int(data["num_classes"]) if "num_classes" in data.files else None
-    train_images = _check_images(where, "train_images", arrays["train_images"])
-    _check_labels(where, "train_labels", arrays["train_labels"], len(train_images))
-    if names is None:
-        labels = arrays["train_labels"]
-        inferred = int(labels.max()) + 1 if len(labels) and labels.max() >= 0 else 0
-        names = tuple(str(i) for i in range(declared if declared is not None else inferred))
+        train_images = _check_images(where, "train_images", arrays["train_images"])
+        check_labels(where, "train_labels", arrays["train_labels"], len(train_images))
+        names = npz_class_names(where, data, arrays["train_labels"])
     num_classes = len(names)
-    if num_classes < 2:
-        raise ValueError(f"{where}: {num_classes} classes; a dataset needs at least 2.")
     has_test = "test_images" in arrays or "test_labels" in arrays
     if split == "test" and not has_test:
         return Split(np.zeros((0, *train_images.shape[1:]), np.uint8), np.zeros(0, np.int32),
@@ -137,14 +158,8 @@ def load_npz_split(path: str, split: str) -> Split:
             f"{list(train_images.shape[1:])}; they must be the same shape."
         )
     labels = arrays[f"{split}_labels"]
-    _check_labels(where, f"{split}_labels", labels, len(images))
-    bad = (labels < 0) | (labels >= num_classes)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise ValueError(
-            f"{where}: {split}_labels[{i}] = {int(labels[i])} is outside [0, {num_classes}) "
-            f"({int(bad.sum())} labels are)."
-        )
+    check_labels(where, f"{split}_labels", labels, len(images))
+    check_label_range(where, f"{split}_labels", labels, num_classes)
     return Split(images=images, labels=labels.astype(np.int32), num_classes=num_classes,
                  class_names=names)  # fmt: skip
 
