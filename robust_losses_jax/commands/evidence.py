@@ -107,37 +107,41 @@ def verdict(rows: list[dict], ce_best: dict[str, Stats]) -> list[dict[str, Any]]
     ``ce_std``) and best epoch (``ce_best``, ``ce_best_std``; None outside pt), and
     ``beats_final``, ``beats_best``, ``loses``: True/False, or None without enough seeds.
     """
-    groups: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for row in rows:
-        key = (noise_label(row), row["protocol"], row["detector"])
-        name = "ce" if row["loss"] in CE else loss_label(row["loss"], row["hparams"])
-        if row["f1"] not in ("", None):
-            groups[key][name].append(float(row["f1"]))
     out = []
-    for (noise, protocol, detector), by_loss in sorted(groups.items()):
-        if "ce" not in by_loss:
+    for (noise, protocol, detector, metric), by_loss in sorted(grouped(rows).items()):
+        if metric != "f1" or "ce" not in by_loss:
             continue
-        ce_f1, ce_std, ce_seeds = _stats(by_loss["ce"])
+        ce = _stats(by_loss["ce"])
         best = ce_best.get(noise) if protocol == "pt" else None
-        best_f1, best_std, best_seeds = best if best else (None, None, 0)
+        best_f1, best_std, _ = best if best else (None, None, 0)
         for loss, values in sorted(by_loss.items()):
             if loss == "ce":
                 continue
-            f1, std, seeds = _stats(values)
-            enough = seeds >= MIN_SEEDS and ce_seeds >= MIN_SEEDS
-            margin = 2 * max(std, ce_std)
+            stats = _stats(values)
+            against_final, against_best = compare(stats, ce), compare(stats, best)
             entry = {
                 "noise": noise, "protocol": protocol, "detector": detector, "loss": loss,
-                "f1": f1, "std": std, "seeds": seeds, "ce_f1": ce_f1, "ce_std": ce_std,
-                "ce_best": best_f1, "ce_best_std": best_std,
-                "beats_final": (f1 - ce_f1 > margin) if enough else None,
-                "loses": (ce_f1 - f1 > margin) if enough else None,
-                "beats_best": None,
+                "f1": stats[0], "std": stats[1], "seeds": stats[2], "ce_f1": ce[0],
+                "ce_std": ce[1], "ce_best": best_f1, "ce_best_std": best_std,
+                "beats_final": None if against_final == "n/a" else against_final == "beats",
+                "loses": None if against_final == "n/a" else against_final == "loses",
+                "beats_best": None if against_best == "n/a" else against_best == "beats",
             }  # fmt: skip
-            if best_f1 is not None and seeds >= MIN_SEEDS and best_seeds >= MIN_SEEDS:
-                entry["beats_best"] = f1 - best_f1 > 2 * max(std, best_std)
             out.append(entry)
     return out
+
+
+def grouped(rows: list[dict]) -> dict[tuple, dict[str, list[float]]]:
+    """``{(noise, protocol, detector, metric): {loss label ("ce" for cross-entropy): the seeds'
+    values}}`` of ``results.csv`` rows, for F1 and precision at k where recorded."""
+    groups: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        name = "ce" if row["loss"] in CE else loss_label(row["loss"], row["hparams"])
+        for metric in ("f1", "precision_at_k"):
+            if row.get(metric) not in ("", None):
+                key = (noise_label(row), row["protocol"], row["detector"], metric)
+                groups[key][name].append(float(row[metric]))
+    return groups
 
 
 VERDICT_NOTE = (
@@ -261,13 +265,7 @@ def _arm_stats(
 def comparisons(rows: list[dict], ce_best: dict[str, Stats]) -> list[dict[str, Any]]:
     """Each of :data:`COMPARISONS` at each noise setting: the two arms' mean/std/seeds, the
     loss each stands for, and ``verdict`` (:func:`compare`)."""
-    groups: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for row in rows:
-        name = "ce" if row["loss"] in CE else loss_label(row["loss"], row["hparams"])
-        for metric in ("f1", "precision_at_k"):
-            if row.get(metric) not in ("", None):
-                key = (noise_label(row), row["protocol"], row["detector"], metric)
-                groups[key][name].append(float(row[metric]))
+    groups = grouped(rows)
     noises = sorted({noise_label(row) for row in rows}, key=_noise_order)
     out = []
     for left, right, metric in COMPARISONS:
