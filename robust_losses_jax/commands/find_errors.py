@@ -226,14 +226,20 @@ def load_inputs(args, workdir: Path):
     probs = None
     if args.pred_probs:
         probs = load_pred_probs(args.pred_probs, len(train), train.num_classes)
-        if (workdir / "summary.json").exists() and not args.overwrite:
-            raise ValueError(
-                f"workdir {workdir} already holds an audit; pass --overwrite to replace it."
-            )
+        refuse_existing_audit(workdir, args.overwrite)
     else:
         audit.check_settings(train, cfg, num_test=len(test.labels))
         experiment.check_workdir(cfg, workdir, resume=args.resume, overwrite=args.overwrite)
     return cfg, train, test, probs
+
+
+def refuse_existing_audit(workdir: Path, overwrite: bool) -> None:
+    """An audit that trains no run of :mod:`experiment` (given probabilities, features) checks
+    its workdir itself: ``ValueError`` when one is there, unless ``overwrite``."""
+    if (workdir / "summary.json").exists() and not overwrite:
+        raise ValueError(
+            f"workdir {workdir} already holds an audit; pass --overwrite to replace it."
+        )
 
 
 def check_retrain_flags(args) -> None:
@@ -419,10 +425,7 @@ def load_feature_inputs(args, typed: frozenset[str], workdir: Path):
         size = min(cfg.train_size, len(data.train_labels))
         data = dataclasses.replace(data, train_features=data.train_features[:size],
                                    train_labels=data.train_labels[:size])  # fmt: skip
-    if (workdir / "summary.json").exists() and not args.overwrite:
-        raise ValueError(
-            f"workdir {workdir} already holds an audit; pass --overwrite to replace it."
-        )
+    refuse_existing_audit(workdir, args.overwrite)
     return cfg, data
 
 
