@@ -26,15 +26,13 @@ HIDDEN_UNITS = 256  # The mlp probe's one hidden layer.
 
 
 class Probe(nn.Module):
-    """Logits ``[B, C]`` of features ``[B, D]``: a ReLU hidden layer (``hidden`` units; 0: none)."""
+    """Logits ``[B, C]`` of features ``[B, D]``: one ReLU hidden layer of :data:`HIDDEN_UNITS`."""
 
     num_classes: int
-    hidden: int = HIDDEN_UNITS
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        if self.hidden:
-            x = nn.relu(nn.Dense(self.hidden)(x))
+        x = nn.relu(nn.Dense(HIDDEN_UNITS)(x))
         return nn.Dense(self.num_classes)(x)
 
 
@@ -48,7 +46,7 @@ def probe_for(cfg: config_lib.Config, num_classes: int) -> Probe:
         raise ValueError(
             f"--model={cfg.model}: features train a probe; choose from {', '.join(PROBE_MODELS)}."
         )
-    return Probe(num_classes, HIDDEN_UNITS)
+    return Probe(num_classes)
 
 
 def train_probe(
