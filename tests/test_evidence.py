@@ -93,14 +93,14 @@ def test_comparisons_cross_protocols_and_pick_cl_best_loss():
     assert "| not run |" in text  # AUM was not run here.
 
 
-def test_the_readme_quotes_the_comparisons_the_tool_computes():
+def test_the_results_page_quotes_the_comparisons_the_tool_computes():
     seeds = ROOT / "docs" / "results" / "seeds"
     rows = evidence.read_rows(seeds / "results.csv")
     want = evidence.comparisons_markdown(
         evidence.comparisons(rows, evidence.read_best_epoch_stats(seeds))
     )
-    readme = (ROOT / "README.md").read_text()
-    quoted = readme.split("<!-- COMPARISONS:")[1].split("-->", 1)[1].split("<!-- /COMPARISONS")[0]
+    page = (ROOT / "docs" / "results" / "README.md").read_text()
+    quoted = page.split("<!-- COMPARISONS:")[1].split("-->", 1)[1].split("<!-- /COMPARISONS")[0]
     assert quoted.strip() == want.strip()
     assert want in (seeds / "verdict.md").read_text()
 

@@ -14,10 +14,10 @@ detection F1 (mean over seeds) with cross-entropy's:
 
 Then, across protocols, every comparison the README states (:data:`COMPARISONS`: in-sample
 losses against 5-fold Confident Learning, against each other, against the oracle best epoch;
-AUM; tau=auto) by the same rule: *beats*, *loses* or *level*. The README quotes that table, and
-a test keeps the two equal. ``robust-losses evidence docs/results/seeds --no-plots`` rewrites
-the committed verdict from ``results.csv`` and ``ce_best_epoch.json`` (cross-entropy's best
-epoch, saved because the runs themselves are not committed).
+AUM; tau=auto) by the same rule: *beats*, *loses* or *level*. docs/results/README.md quotes
+that table, and a test keeps the two equal. ``robust-losses evidence docs/results/seeds
+--no-plots`` rewrites the committed verdict from ``results.csv`` and ``ce_best_epoch.json``
+(cross-entropy's best epoch, saved because the runs themselves are not committed).
 
 A cell needs at least two seeds on each side for a verdict. Plots: detection F1 per epoch with
 seed bands (min-max over seeds around the mean), a heatmap of F1 (loss x noise) per detector,
